@@ -1,0 +1,171 @@
+// quflow._core: the only translation unit that sees pybind11.
+//
+// Contract: arrays arrive as numpy arrays of the exact dtype and C order (noconvert), so
+// a wrong dtype or layout is a TypeError here, never a silent copy. Structural checks
+// (ndim, sizes, finiteness, scalars) raise ValueError before any pointer reaches the core.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+
+#include "quflow/crank_nicolson.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+template <class T>
+using CArray = py::array_t<std::complex<T>, py::array::c_style>;
+template <class T>
+using RArray = py::array_t<T, py::array::c_style>;
+
+[[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
+
+template <class A>
+void require_ndim(const A& a, const char* name, int lo, int hi) {
+  if (a.ndim() < lo || a.ndim() > hi)
+    fail(std::string(name) + ": expected " + std::to_string(lo) +
+         (lo == hi ? "" : "-" + std::to_string(hi)) + " dimensions, got " +
+         std::to_string(a.ndim()));
+}
+
+template <class T>
+void require_finite(const T* p, py::ssize_t size, const char* name) {
+  for (py::ssize_t i = 0; i < size; ++i)
+    if (!std::isfinite(p[i])) fail(std::string(name) + ": contains NaN or Inf");
+}
+
+template <class T>
+void require_finite(const std::complex<T>* p, py::ssize_t size, const char* name) {
+  require_finite(reinterpret_cast<const T*>(p), 2 * size, name);
+}
+
+/// Builds and validates the core's System view from the binding's arguments.
+template <class T>
+quflow::System<T> make_system(py::ssize_t batch, py::ssize_t n, const RArray<T>& potential,
+                               const std::optional<RArray<T>>& control,
+                               const std::optional<RArray<T>>& control_shape, double dt,
+                               double dx, py::ssize_t steps) {
+  if (!(std::isfinite(dt) && dt > 0)) fail("dt: expected a finite number > 0");
+  if (!(std::isfinite(dx) && dx > 0)) fail("dx: expected a finite number > 0");
+  if (steps < 0) fail("steps: expected >= 0");
+  if (n < 1 || batch < 1) fail("psi: expected batch >= 1 and n >= 1");
+  require_ndim(potential, "potential", 2, 2);
+  if (potential.shape(1) != n || (potential.shape(0) != 1 && potential.shape(0) != batch))
+    fail("potential: expected shape (1, n) or (batch, n)");
+  require_finite(potential.data(), potential.size(), "potential");
+  quflow::System<T> sys;
+  sys.batch = batch;
+  sys.n = n;
+  sys.steps = steps;
+  sys.dt = static_cast<T>(dt);
+  sys.dx = static_cast<T>(dx);
+  sys.potential = potential.data();
+  sys.potential_rows = potential.shape(0);
+  if (control.has_value() != control_shape.has_value())
+    fail("control and control_shape: give both or neither");
+  if (control) {
+    require_ndim(*control, "control", 2, 2);
+    require_ndim(*control_shape, "control_shape", 1, 1);
+    if (control->shape(1) != steps) fail("control: expected shape (rows, steps)");
+    if (control->shape(0) != 1 && control->shape(0) != batch)
+      fail("control: expected 1 or batch rows");
+    if (control_shape->shape(0) != n) fail("control_shape: expected shape (n,)");
+    require_finite(control->data(), control->size(), "control");
+    require_finite(control_shape->data(), control_shape->size(), "control_shape");
+    sys.control = control->data();
+    sys.control_rows = control->shape(0);
+    sys.control_shape = control_shape->data();
+  }
+  if (!(std::isfinite(sys.dt) && sys.dt > 0 && std::isfinite(sys.dx) && sys.dx > 0))
+    fail("dt, dx: not representable in this precision");
+  return sys;
+}
+
+template <class T>
+py::array forward(const CArray<T>& psi0, const RArray<T>& potential,
+                  const std::optional<RArray<T>>& control,
+                  const std::optional<RArray<T>>& control_shape, double dt, double dx,
+                  py::ssize_t steps, bool trajectory, int threads) {
+  if (threads < 1) fail("threads: expected >= 1");
+  require_ndim(psi0, "psi0", 2, 2);
+  const py::ssize_t batch = psi0.shape(0), n = psi0.shape(1);
+  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
+  require_finite(psi0.data(), psi0.size(), "psi0");
+  CArray<T> out = trajectory ? CArray<T>({batch, steps + 1, n}) : CArray<T>({batch, n});
+  {
+    py::gil_scoped_release nogil;
+    quflow::cn_forward<T>(sys, psi0.data(), out.mutable_data(), trajectory, threads);
+  }
+  return out;
+}
+
+template <class T>
+py::tuple backward(const CArray<T>& states, const CArray<T>& grad_out,
+                   const RArray<T>& potential, const std::optional<RArray<T>>& control,
+                   const std::optional<RArray<T>>& control_shape, double dt, double dx,
+                   py::ssize_t steps, bool need_psi0, bool need_potential, bool need_control,
+                   bool need_control_shape, int threads) {
+  if (threads < 1) fail("threads: expected >= 1");
+  require_ndim(states, "states", 2, 3);
+  require_ndim(grad_out, "grad_out", 2, 3);
+  const py::ssize_t batch = states.shape(0), n = states.shape(states.ndim() - 1);
+  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
+  for (const CArray<T>* a : {&states, &grad_out}) {
+    const char* name = a == &states ? "states" : "grad_out";
+    const bool full = a->ndim() == 3;
+    if (a->shape(0) != batch || a->shape(a->ndim() - 1) != n || (full && a->shape(1) != steps + 1))
+      fail(std::string(name) + ": expected shape (batch, n) or (batch, steps+1, n)");
+  }
+  if (grad_out.ndim() == 3 && states.ndim() != 3)
+    fail("grad_out: a trajectory cotangent needs the stored trajectory as states");
+  if ((need_control || need_control_shape) && !control)
+    fail("need_control: no control was given");
+
+  std::optional<CArray<T>> g_psi;
+  std::optional<RArray<T>> g_v, g_u, g_w;
+  quflow::Gradients<T> grads;
+  if (need_psi0) grads.psi0 = (g_psi = CArray<T>({batch, n}))->mutable_data();
+  if (need_potential)
+    grads.potential = (g_v = RArray<T>({sys.potential_rows, n}))->mutable_data();
+  if (need_control) grads.control = (g_u = RArray<T>({sys.control_rows, steps}))->mutable_data();
+  if (need_control_shape) grads.control_shape = (g_w = RArray<T>({n}))->mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    quflow::cn_backward<T>(sys, states.data(), states.ndim() == 3, grad_out.data(),
+                           grad_out.ndim() == 3, grads, threads);
+  }
+  auto obj = [](const auto& o) { return o ? py::object(*o) : py::object(py::none()); };
+  return py::make_tuple(obj(g_psi), obj(g_v), obj(g_u), obj(g_w));
+}
+
+template <class T>
+void bind(py::module_& m, const char* suffix) {
+  using namespace pybind11::literals;
+  m.def((std::string("forward_") + suffix).c_str(), &forward<T>, "psi0"_a.noconvert(),
+        "potential"_a.noconvert(), "control"_a.noconvert() = py::none(),
+        "control_shape"_a.noconvert() = py::none(), "dt"_a, "dx"_a, "steps"_a,
+        "trajectory"_a = false, "threads"_a = 1,
+        "Crank–Nicolson forward sweep. psi0 (batch, n); returns (batch, n) or "
+        "(batch, steps+1, n).");
+  m.def((std::string("backward_") + suffix).c_str(), &backward<T>, "states"_a.noconvert(),
+        "grad_out"_a.noconvert(), "potential"_a.noconvert(),
+        "control"_a.noconvert() = py::none(), "control_shape"_a.noconvert() = py::none(),
+        "dt"_a, "dx"_a, "steps"_a, "need_psi0"_a = true, "need_potential"_a = false,
+        "need_control"_a = false, "need_control_shape"_a = false, "threads"_a = 1,
+        "Adjoint sweep. Returns (grad_psi0, grad_potential, grad_control, "
+        "grad_control_shape), None where not requested.");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "quflow's C++ core (private; use the quflow package).";
+  bind<float>(m, "c64");
+  bind<double>(m, "c128");
+  m.def("kernel_isa", &quflow::kernel_isa,
+        "Instruction set the Crank–Nicolson kernels dispatch to on this CPU.");
+}

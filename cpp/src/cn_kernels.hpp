@@ -1,0 +1,62 @@
+// Private: the per-instruction-set block kernels behind quflow::cn_forward/cn_backward.
+//
+// cn_kernels.cpp is compiled once per ISA, each time inside its own namespace. To keep
+// the copies from meeting at link time (one ISA's inline code standing in for another's)
+// the kernel translation unit uses no Eigen, no allocation and no standard algorithms:
+// only loops over the raw buffers described here. Allocation, threads and reductions
+// live in crank_nicolson.cpp, compiled for the baseline ISA.
+#pragma once
+
+#include "quflow/crank_nicolson.hpp"
+
+namespace quflow {
+
+/// Constants of one call, shared by every block (plain view).
+template <class T>
+struct KernelShared {
+  const System<T>* sys = nullptr;
+  T h = 0;     // dt/2
+  T he = 0;    // dt/(2·dx²)
+  T h2e2 = 0;  // he²
+  T two_e = 0; // 2/dx²
+  bool constant = false;
+  const T* shape = nullptr;   // (n) control shape, zeros without control
+  const T* cbase = nullptr;   // (n) diagonal d_j of a constant H
+  const T* cinv_r = nullptr;  // (n) pivots 1/w_j of I + i·h·H for a constant H
+  const T* cinv_i = nullptr;
+};
+
+/// One thread's workspace for blocks of W lanes (plain view).
+///   pr, pi, qr, qi, gr, gi: (n+2)·W zero-padded state planes
+///   fr, fi, base, gv, gw:   n·W
+template <class T>
+struct KernelWork {
+  T *pr, *pi, *qr, *qi, *gr, *gi, *fr, *fi, *base, *gv, *gw;
+};
+
+#define QUFLOW_DECLARE_KERNELS(ns)                                                           \
+  namespace ns {                                                                             \
+  template <class T, int W>                                                                  \
+  void forward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0,           \
+                     Index lanes, const std::complex<T>* psi0, std::complex<T>* out,         \
+                     bool trajectory);                                                       \
+  template <class T, int W>                                                                  \
+  void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0,          \
+                      Index lanes, const std::complex<T>* states, bool states_full,          \
+                      const std::complex<T>* grad_out, bool grad_full,                       \
+                      const Gradients<T>& grads, T* acc_v, T* acc_u, T* acc_w);              \
+  }
+
+QUFLOW_DECLARE_KERNELS(isa_baseline)
+QUFLOW_DECLARE_KERNELS(isa_avx2)
+
+#undef QUFLOW_DECLARE_KERNELS
+
+/// Lane widths: kWideLanes<T> for batches, 1 for a few states.
+#ifndef QUFLOW_LANES
+#define QUFLOW_LANES 8
+#endif
+template <class T>
+constexpr int kWideLanes = QUFLOW_LANES * int(sizeof(double) / sizeof(T));
+
+}  // namespace quflow

@@ -1,0 +1,222 @@
+// Public entry points of the Crank–Nicolson core: validate, set up the shared constants
+// and per-thread workspaces, split the batch into blocks over threads, and run the block
+// kernels compiled for the best instruction set this CPU supports.
+#include "quflow/crank_nicolson.hpp"
+
+#include <algorithm>
+#include <exception>
+#include <thread>
+#include <vector>
+
+#include "cn_kernels.hpp"
+
+namespace quflow {
+namespace {
+
+template <class T>
+using Vec = Eigen::Array<T, Eigen::Dynamic, 1>;
+
+bool use_avx2() {
+#if defined(QUFLOW_HAVE_AVX2)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+/// Owns the arrays behind KernelShared.
+template <class T>
+struct SharedData {
+  Vec<T> shape, cbase, cinv_r, cinv_i;
+  KernelShared<T> view;
+
+  explicit SharedData(const System<T>& s) {
+    const Index n = s.n;
+    KernelShared<T>& v = view;
+    v.sys = &s;
+    v.h = s.dt / T(2);
+    v.two_e = T(2) / (s.dx * s.dx);
+    v.he = v.h / (s.dx * s.dx);
+    v.h2e2 = v.he * v.he;
+    v.constant = s.constant_hamiltonian();
+    shape = Vec<T>::Zero(n);
+    if (s.control_rows > 0) shape = Eigen::Map<const Vec<T>>(s.control_shape, n);
+    v.shape = shape.data();
+    if (v.constant) {
+      // Thomas pivots of I + i·h·H, once for all states and steps:
+      // w_0 = a_0, w_j = a_j + he²/w_{j−1}, a_j = 1 + i·h·d_j
+      cbase = Eigen::Map<const Vec<T>>(s.potential, n) + v.two_e;
+      cinv_r.resize(n);
+      cinv_i.resize(n);
+      T pr = 0, pi = 0;  // 1/w_{j−1}
+      for (Index j = 0; j < n; ++j) {
+        const T wr = T(1) + v.h2e2 * pr;
+        const T wi = v.h * cbase[j] + v.h2e2 * pi;
+        const T den = wr * wr + wi * wi;
+        pr = wr / den;
+        pi = -wi / den;
+        cinv_r[j] = pr;
+        cinv_i[j] = pi;
+      }
+      v.cbase = cbase.data();
+      v.cinv_r = cinv_r.data();
+      v.cinv_i = cinv_i.data();
+    }
+  }
+};
+
+/// One thread's workspace (owns the arrays behind KernelWork).
+template <class T>
+struct WorkData {
+  Vec<T> planes;
+  KernelWork<T> view;
+
+  WorkData(Index n, int w) : planes(Vec<T>::Zero(6 * (n + 2) * w + 5 * n * w)) {
+    T* p = planes.data();
+    const Index big = (n + 2) * w, small = n * w;
+    for (T** slot : {&view.pr, &view.pi, &view.qr, &view.qi, &view.gr, &view.gi}) {
+      *slot = p;
+      p += big;
+    }
+    for (T** slot : {&view.fr, &view.fi, &view.base, &view.gv, &view.gw}) {
+      *slot = p;
+      p += small;
+    }
+  }
+};
+
+/// Runs body(first_block, last_block, thread_index) over `nt` threads, static split.
+template <class Body>
+void parallel_blocks(Index blocks, int nt, Body&& body) {
+  if (nt <= 1) {
+    body(Index(0), blocks, 0);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(nt);
+  std::vector<std::thread> pool;
+  pool.reserve(nt - 1);
+  auto run = [&](int t) {
+    try {
+      body(blocks * t / nt, blocks * (t + 1) / nt, t);
+    } catch (...) {
+      errors[t] = std::current_exception();
+    }
+  };
+  for (int t = 1; t < nt; ++t) pool.emplace_back(run, t);
+  run(0);
+  for (auto& th : pool) th.join();
+  for (auto& err : errors)
+    if (err) std::rethrow_exception(err);
+}
+
+template <class T, int W>
+auto forward_kernel() {
+#if defined(QUFLOW_HAVE_AVX2)
+  if (use_avx2()) return &isa_avx2::forward_block<T, W>;
+#endif
+  return &isa_baseline::forward_block<T, W>;
+}
+
+template <class T, int W>
+auto backward_kernel() {
+#if defined(QUFLOW_HAVE_AVX2)
+  if (use_avx2()) return &isa_avx2::backward_block<T, W>;
+#endif
+  return &isa_baseline::backward_block<T, W>;
+}
+
+int thread_count(Index blocks, int threads) {
+  return static_cast<int>(std::max<Index>(1, std::min<Index>(threads, blocks)));
+}
+
+template <class T, int W>
+void forward_w(const System<T>& sys, const std::complex<T>* psi0, std::complex<T>* out,
+               bool trajectory, int threads) {
+  const SharedData<T> sh(sys);
+  const Index blocks = (sys.batch + W - 1) / W;
+  const auto kernel = forward_kernel<T, W>();
+  parallel_blocks(blocks, thread_count(blocks, threads), [&](Index first, Index last, int) {
+    WorkData<T> wk(sys.n, W);
+    for (Index ib = first; ib < last; ++ib)
+      kernel(sh.view, wk.view, ib * W, std::min<Index>(W, sys.batch - ib * W), psi0, out,
+             trajectory);
+  });
+}
+
+template <class T, int W>
+void backward_w(const System<T>& sys, const std::complex<T>* states, bool states_full,
+                const std::complex<T>* grad_out, bool grad_full, const Gradients<T>& grads,
+                int threads) {
+  const SharedData<T> sh(sys);
+  const Index n = sys.n;
+  const Index blocks = (sys.batch + W - 1) / W;
+  const int nt = thread_count(blocks, threads);
+  const auto kernel = backward_kernel<T, W>();
+  // per-thread partial sums of the gradients shared by the whole batch
+  std::vector<Vec<T>> acc_v(nt, Vec<T>::Zero(n)), acc_w(nt, Vec<T>::Zero(n));
+  std::vector<Vec<T>> acc_u(nt, Vec<T>::Zero(sys.control_rows == 1 ? sys.steps : 0));
+  parallel_blocks(blocks, nt, [&](Index first, Index last, int t) {
+    WorkData<T> wk(n, W);
+    for (Index ib = first; ib < last; ++ib)
+      kernel(sh.view, wk.view, ib * W, std::min<Index>(W, sys.batch - ib * W), states,
+             states_full, grad_out, grad_full, grads, acc_v[t].data(), acc_u[t].data(),
+             acc_w[t].data());
+  });
+  // ordered reduction: deterministic for a given thread count
+  for (int t = 1; t < nt; ++t) {
+    acc_v[0] += acc_v[t];
+    acc_w[0] += acc_w[t];
+    acc_u[0] += acc_u[t];
+  }
+  if (grads.potential && sys.potential_rows == 1)
+    std::copy(acc_v[0].data(), acc_v[0].data() + n, grads.potential);
+  if (grads.control_shape) std::copy(acc_w[0].data(), acc_w[0].data() + n, grads.control_shape);
+  if (grads.control && sys.control_rows == 1)
+    std::copy(acc_u[0].data(), acc_u[0].data() + sys.steps, grads.control);
+}
+
+}  // namespace
+
+const char* kernel_isa() { return use_avx2() ? "avx2" : "baseline"; }
+
+template <class T>
+void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<T>* out,
+                bool trajectory, int threads) {
+  sys.check();
+  QUFLOW_CHECK(psi0 != nullptr && out != nullptr, "psi0 and out must not be null");
+  QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
+  if (sys.batch >= kWideLanes<T> / 2)
+    forward_w<T, kWideLanes<T>>(sys, psi0, out, trajectory, threads);
+  else
+    forward_w<T, 1>(sys, psi0, out, trajectory, threads);
+}
+
+template <class T>
+void cn_backward(const System<T>& sys, const std::complex<T>* states, bool states_full,
+                 const std::complex<T>* grad_out, bool grad_full, const Gradients<T>& grads,
+                 int threads) {
+  sys.check();
+  QUFLOW_CHECK(states != nullptr && grad_out != nullptr, "states and grad_out must not be null");
+  QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
+  QUFLOW_CHECK(!grads.control || sys.control_rows > 0, "control gradient requested without control");
+  QUFLOW_CHECK(!grads.control_shape || sys.control_rows > 0,
+               "control_shape gradient requested without control");
+  QUFLOW_CHECK(!grad_full || states_full, "a trajectory cotangent needs the stored states");
+  if (sys.batch >= kWideLanes<T> / 2)
+    backward_w<T, kWideLanes<T>>(sys, states, states_full, grad_out, grad_full, grads, threads);
+  else
+    backward_w<T, 1>(sys, states, states_full, grad_out, grad_full, grads, threads);
+}
+
+template void cn_forward<float>(const System<float>&, const std::complex<float>*,
+                                std::complex<float>*, bool, int);
+template void cn_forward<double>(const System<double>&, const std::complex<double>*,
+                                 std::complex<double>*, bool, int);
+template void cn_backward<float>(const System<float>&, const std::complex<float>*, bool,
+                                 const std::complex<float>*, bool, const Gradients<float>&, int);
+template void cn_backward<double>(const System<double>&, const std::complex<double>*, bool,
+                                  const std::complex<double>*, bool, const Gradients<double>&,
+                                  int);
+
+}  // namespace quflow
