@@ -1,19 +1,24 @@
-// Crank–Nicolson kernels. Compiled once per instruction set, each time with
+// Crank–Nicolson block kernels. Compiled once per instruction set, each time with
 // -DQUFLOW_ISA_NS=<namespace> and that ISA's flags (see CMakeLists.txt).
 //
-// Layout: the batch is cut into blocks of W lanes (W states). Inside a block a state
-// lives "point-major, lane-minor" in split real/imaginary planes, re[(j+1)*W + l] for
-// point j and lane l, with a zero row above and below (j = −1 and j = n), so that every
-// loop over l is a straight SIMD loop and the tridiagonal recurrences over j never branch.
+// Layout: the batch is cut into blocks of W lanes (W states). Inside a block a state is
+// an array of lane vectors V (W values of T, GCC/Clang vector extensions) over the
+// points, in split real/imaginary planes, with a zero vector above and below
+// (re[0] and re[n+1]; point j is re[j+1]). Every arithmetic line below therefore acts on
+// W states at once, and the tridiagonal recurrences over j never branch.
 //
 // Notation (h = dt/2, e = 1/dx², d_j = 2e + V_j + u_k·W_j is the diagonal of H_k):
 //   M_σ = I + iσh·H_k,  σ = ±1;   (H ψ)_j = d_j ψ_j − e (ψ_{j−1} + ψ_{j+1})
-//   forward step   ψ_{k+1} = M_{+1}⁻¹ M_{−1} ψ_k
-//   adjoint step   λ = M_{−1}⁻¹ g_{k+1},  g_k = M_{+1} λ,
-//                  ∂L/∂d_j (step k) = h · Im(conj(λ_j) (ψ_k + ψ_{k+1})_j)
+//   forward step    ψ_{k+1} = M_{+1}⁻¹ M_{−1} ψ_k
+//   adjoint step    λ = M_{−1}⁻¹ g_{k+1},   g_k = M_{+1} λ,
+//                   ∂L/∂d_j (step k) = h · Im(conj(λ_j) (ψ_k + ψ_{k+1})_j)
 //   reverse rebuild ψ_k = M_{−1}⁻¹ M_{+1} ψ_{k+1}
-// M_σ is complex symmetric with Hermitian part I, so the Thomas algorithm without
-// pivoting is stable: every pivot has Re w_j ≥ 1.
+// Thomas algorithm for M_σ (diagonal a_j = 1 + iσh·d_j, off-diagonal c = −iσ·he):
+//   w_0 = a_0,  w_j = a_j + he²/w_{j−1}            (pivots; Re w_j ≥ 1, so no pivoting)
+//   m_j = iσ·he / w_j
+//   v_j = r_j / w_j + m_j v_{j−1}                  (forward elimination, j = 0 … n−1)
+//   x_j = v_j + m_j x_{j+1}                        (back substitution, j = n−2 … 0)
+// M_σ is complex symmetric with Hermitian part I, hence the stability of the pivots.
 #include "cn_kernels.hpp"
 
 #ifndef QUFLOW_ISA_NS
@@ -24,35 +29,49 @@ namespace quflow {
 namespace QUFLOW_ISA_NS {
 namespace {
 
-template <class T>
-void zero(T* p, Index count) {
-  for (Index i = 0; i < count; ++i) p[i] = T(0);
-}
+template <class T, int W>
+struct LaneVector {
+  typedef T type __attribute__((vector_size(W * sizeof(T))));
+};
 
-/// Steps on one block of W lanes, over a thread's workspace.
+/// The kernels of one block of W lanes, over a thread's workspace.
 template <class T, int W>
 class Block {
  public:
+  using V = typename LaneVector<T, W>::type;
+  static_assert(sizeof(V) == W * sizeof(T), "lane vector size");
+
   Block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0, Index lanes)
       : sh_(sh), sys_(*sh.sys), n_(sys_.n), b0_(b0), lanes_(lanes),
-        pr_(wk.pr), pi_(wk.pi), qr_(wk.qr), qi_(wk.qi), gr_(wk.gr), gi_(wk.gi),
-        fr_(wk.fr), fi_(wk.fi), base_(wk.base) {
-    // lanes past `lanes` are zero states with V = 0, u = 0: they stay zero
-    for (int l = 0; l < W; ++l) {
-      const bool real = l < lanes_;
-      const T* v = sys_.potential + (sys_.potential_rows == 1 || !real ? 0 : (b0_ + l) * n_);
-      for (Index j = 0; j < n_; ++j) base_[j * W + l] = sh_.two_e + (real ? v[j] : T(0));
-      u_[l] = T(0);
+        pr_(as_v(wk.pr)), pi_(as_v(wk.pi)), qr_(as_v(wk.qr)), qi_(as_v(wk.qi)),
+        gr_(as_v(wk.gr)), gi_(as_v(wk.gi)), fr_(as_v(wk.fr)), fi_(as_v(wk.fi)),
+        base_(as_v(wk.base)) {
+    const V zero = {};
+    for (V* plane : {pr_, pi_, qr_, qi_, gr_, gi_})
+      for (Index j = 0; j < n_ + 2; ++j) plane[j] = zero;
+    // lanes past `lanes` are zero states with V = 0 and u = 0: they stay zero
+    for (Index j = 0; j < n_; ++j) base_[j] = zero + sh_.two_e;
+    for (Index l = 0; l < lanes_; ++l) {
+      const T* v = sys_.potential + (sys_.potential_rows == 1 ? 0 : (b0_ + l) * n_);
+      for (Index j = 0; j < n_; ++j) base_[j][l] += v[j];
     }
-    for (T* plane : {pr_, pi_, qr_, qi_, gr_, gi_}) zero(plane, (n_ + 2) * W);
+    u_ = zero;
+    if (sh_.constant) {  // the pivots of M_{+1}, once for every step of this block
+      for (Index j = 0; j < n_; ++j) {
+        fr_[j] = zero + sh_.cinv_r[j];
+        fi_[j] = zero + sh_.cinv_i[j];
+      }
+    }
   }
 
-  /// u[l] = control value of step k for each lane.
+  static V* as_v(T* p) { return reinterpret_cast<V*>(p); }
+
+  /// u[l] = control value of step k in each lane.
   void set_control(Index k) {
     if (sys_.control_rows == 0) return;
-    for (int l = 0; l < W; ++l) {
+    for (Index l = 0; l < lanes_; ++l) {
       const Index row = sys_.control_rows == 1 ? 0 : b0_ + l;
-      u_[l] = l < lanes_ ? sys_.control[row * sys_.steps + k] : T(0);
+      u_[l] = sys_.control[row * sys_.steps + k];
     }
   }
 
@@ -60,40 +79,40 @@ class Block {
   enum class Buf { P, Q, G };
 
   void load(Buf which, const std::complex<T>* src, Index stride, Index offset) {
-    T* re = plane_re(which) + W;
-    T* im = plane_im(which) + W;
+    V* re = plane_re(which) + 1;
+    V* im = plane_im(which) + 1;
     for (Index l = 0; l < lanes_; ++l) {
       const std::complex<T>* row = src + (b0_ + l) * stride + offset;
       for (Index j = 0; j < n_; ++j) {
-        re[j * W + l] = row[j].real();
-        im[j * W + l] = row[j].imag();
+        re[j][l] = row[j].real();
+        im[j][l] = row[j].imag();
       }
     }
   }
 
   void store(Buf which, std::complex<T>* dst, Index stride, Index offset) const {
-    const T* re = plane_re(which) + W;
-    const T* im = plane_im(which) + W;
+    const V* re = plane_re(which) + 1;
+    const V* im = plane_im(which) + 1;
     for (Index l = 0; l < lanes_; ++l) {
       std::complex<T>* row = dst + (b0_ + l) * stride + offset;
-      for (Index j = 0; j < n_; ++j) row[j] = std::complex<T>(re[j * W + l], im[j * W + l]);
+      for (Index j = 0; j < n_; ++j) row[j] = std::complex<T>(re[j][l], im[j][l]);
     }
   }
 
   void add(Buf which, const std::complex<T>* src, Index stride, Index offset) {
-    T* re = plane_re(which) + W;
-    T* im = plane_im(which) + W;
+    V* re = plane_re(which) + 1;
+    V* im = plane_im(which) + 1;
     for (Index l = 0; l < lanes_; ++l) {
       const std::complex<T>* row = src + (b0_ + l) * stride + offset;
       for (Index j = 0; j < n_; ++j) {
-        re[j * W + l] += row[j].real();
-        im[j * W + l] += row[j].imag();
+        re[j][l] += row[j].real();
+        im[j][l] += row[j].imag();
       }
     }
   }
 
   void swap_pq() {
-    T* t = pr_;
+    V* t = pr_;
     pr_ = qr_;
     qr_ = t;
     t = pi_;
@@ -101,208 +120,167 @@ class Block {
     qi_ = t;
   }
 
-  /// P ← M_{+1}⁻¹ M_{−1} P (one forward step, in place).
+  /// Diagonal d_j of H_k in every lane.
+  template <bool kConst>
+  V diag(Index j) const {
+    if constexpr (kConst) return base_[j];
+    else return base_[j] + u_ * sh_.shape[j];
+  }
+
+  /// Pivot 1/w_j of M_σ from 1/w_{j−1}: w_j = 1 + iσh·d_j + he²/w_{j−1}.
+  template <int kSigma>
+  void pivot(const V& d, V& iw_r, V& iw_i) const {
+    const V wr = T(1) + sh_.h2e2 * iw_r;
+    const V wi = T(kSigma) * sh_.h * d + sh_.h2e2 * iw_i;
+    const V inv_den = T(1) / (wr * wr + wi * wi);
+    iw_r = wr * inv_den;
+    iw_i = -wi * inv_den;
+  }
+
+  /// P ← M_{+1}⁻¹ M_{−1} P: one forward step, in place.
+  /// With m_j = i·he/w_j the sweeps are v_j = r_j/w_j + m_j v_{j−1} and
+  /// x_j = v_j + m_j x_{j+1}: one complex multiply-add on the dependency chain.
   template <bool kConst>
   void forward_step() {
-    const T h = sh_.h, he = sh_.he, h2e2 = sh_.h2e2;
-    T* __restrict pr = pr_ + W;
-    T* __restrict pi = pi_ + W;
-    T* __restrict fr = fr_;
-    T* __restrict fi = fi_;
-    const T* __restrict base = base_;
-    const T* __restrict shape = sh_.shape;
-    alignas(64) T op_r[W] = {}, op_i[W] = {};  // old ψ_{j−1}
-    alignas(64) T vp_r[W] = {}, vp_i[W] = {};  // v_{j−1} = y_{j−1}/w_{j−1}
-    alignas(64) T wp_r[W] = {}, wp_i[W] = {};  // 1/w_{j−1}
-    // forward elimination, j = 0 … n−1: r = M_{−1}ψ, y = r + i·he·v_{j−1}, v = y/w_j
+    const T h = sh_.h, he = sh_.he;
+    V* p_r = pr_ + 1;
+    V* p_i = pi_ + 1;
+    V op_r = {}, op_i = {};  // ψ_{j−1} before it was overwritten
+    V vp_r = {}, vp_i = {};  // v_{j−1}
+    V iw_r = {}, iw_i = {};  // 1/w_j
     for (Index j = 0; j < n_; ++j) {
-      T* cr = pr + j * W;
-      T* ci = pi + j * W;
-      const T cbase = kConst ? sh_.cbase[j] : T(0);
-      const T ciwr = kConst ? sh_.cinv_r[j] : T(0);
-      const T ciwi = kConst ? sh_.cinv_i[j] : T(0);
-      const T sj = shape[j];
-      for (int l = 0; l < W; ++l) {
-        const T d = kConst ? cbase : base[j * W + l] + u_[l] * sj;
-        const T xr = cr[l], xi = ci[l];
-        const T sr = op_r[l] + cr[W + l], si = op_i[l] + ci[W + l];
-        const T rr = xr + h * d * xi - he * si;
-        const T ri = xi - h * d * xr + he * sr;
-        const T yr = rr - he * vp_i[l];
-        const T yi = ri + he * vp_r[l];
-        T iwr, iwi;
-        if constexpr (kConst) {
-          iwr = ciwr;
-          iwi = ciwi;
-        } else {
-          const T wr = T(1) + h2e2 * wp_r[l];
-          const T wi = h * d + h2e2 * wp_i[l];
-          const T den = wr * wr + wi * wi;
-          iwr = wr / den;
-          iwi = -wi / den;
-          wp_r[l] = iwr;
-          wp_i[l] = iwi;
-          fr[j * W + l] = iwr;
-          fi[j * W + l] = iwi;
-        }
-        const T vr = iwr * yr - iwi * yi;
-        const T vi = iwr * yi + iwi * yr;
-        op_r[l] = xr;
-        op_i[l] = xi;
-        vp_r[l] = vr;
-        vp_i[l] = vi;
-        cr[l] = vr;
-        ci[l] = vi;
+      const V d = diag<kConst>(j);
+      const V xr = p_r[j], xi = p_i[j];
+      const V sr = op_r + p_r[j + 1], si = op_i + p_i[j + 1];
+      const V rr = xr + h * d * xi - he * si;  // r = M_{−1} ψ
+      const V ri = xi - h * d * xr + he * sr;
+      if constexpr (kConst) {
+        iw_r = fr_[j];
+        iw_i = fi_[j];
+      } else {
+        pivot<+1>(d, iw_r, iw_i);
+        fr_[j] = iw_r;
+        fi_[j] = iw_i;
       }
+      const V mr = -he * iw_i, mi = he * iw_r;
+      const V ar = iw_r * rr - iw_i * ri, ai = iw_r * ri + iw_i * rr;
+      const V vr = ar + mr * vp_r - mi * vp_i;
+      const V vi = ai + mr * vp_i + mi * vp_r;
+      op_r = xr;
+      op_i = xi;
+      vp_r = vr;
+      vp_i = vi;
+      p_r[j] = vr;
+      p_i[j] = vi;
     }
-    // back substitution, j = n−2 … 0: x_j = v_j + i·he·(x_{j+1}/w_j)
     for (Index j = n_ - 2; j >= 0; --j) {
-      T* cr = pr + j * W;
-      T* ci = pi + j * W;
-      for (int l = 0; l < W; ++l) {
-        const T iwr = kConst ? sh_.cinv_r[j] : fr[j * W + l];
-        const T iwi = kConst ? sh_.cinv_i[j] : fi[j * W + l];
-        const T tr = iwr * cr[W + l] - iwi * ci[W + l];
-        const T ti = iwr * ci[W + l] + iwi * cr[W + l];
-        cr[l] -= he * ti;
-        ci[l] += he * tr;
-      }
+      const V mr = -he * fi_[j], mi = he * fr_[j];
+      const V xr = p_r[j + 1], xi = p_i[j + 1];
+      p_r[j] += mr * xr - mi * xi;
+      p_i[j] += mr * xi + mi * xr;
     }
   }
 
   /// One adjoint step k. On entry P = ψ_{k+1}, G = g_{k+1}, and Q = ψ_k when !kRebuild.
-  /// On exit Q = ψ_k, G = g_k, and ∂L/∂d (this step) has been added to the accumulators:
-  /// gv (n·W) += ∂L/∂d,  gw (n·W) += ∂L/∂d · u_k,  du (W) = Σ_j ∂L/∂d_j · W_j.
+  /// On exit Q = ψ_k, G = g_k, and this step's ∂L/∂d has been added to the accumulators
+  /// gv[j] += ∂L/∂d_j,  gw[j] += ∂L/∂d_j · u_k,  du += Σ_j ∂L/∂d_j · W_j.
+  /// Pivots w̃_j of M_{−1} are the conjugates of M_{+1}'s; m̃_j = −i·he/w̃_j.
   template <bool kConst, bool kRebuild>
-  void adjoint_step(T* gv, T* gw, T* du) {
-    const T h = sh_.h, he = sh_.he, h2e2 = sh_.h2e2, e = sh_.two_e / T(2);
-    const T* __restrict pr = pr_ + W;
-    const T* __restrict pi = pi_ + W;
-    T* __restrict qr = qr_ + W;
-    T* __restrict qi = qi_ + W;
-    T* __restrict gr = gr_ + W;
-    T* __restrict gi = gi_ + W;
-    T* __restrict fr = fr_;
-    T* __restrict fi = fi_;
-    const T* __restrict base = base_;
-    const T* __restrict shape = sh_.shape;
+  void adjoint_step(V* gv, V* gw, V& du) {
+    const T h = sh_.h, he = sh_.he, e = sh_.two_e / T(2);
+    const V* p_r = pr_ + 1;
+    const V* p_i = pi_ + 1;
+    V* q_r = qr_ + 1;
+    V* q_i = qi_ + 1;
+    V* g_r = gr_ + 1;
+    V* g_i = gi_ + 1;
 
-    // pass 1, j = 0 … n−1: factor M_{−1} (pivots 1/w̃_j = conj of M_{+1}'s) and eliminate
-    // the right-hand sides g_{k+1} and (when rebuilding) M_{+1} ψ_{k+1}.
+    // pass 1, j = 0 … n−1: eliminate g_{k+1} and, when rebuilding, M_{+1} ψ_{k+1}
     {
-      alignas(64) T wp_r[W] = {}, wp_i[W] = {};
-      alignas(64) T vg_r[W] = {}, vg_i[W] = {};
-      alignas(64) T vq_r[W] = {}, vq_i[W] = {};
+      V iw_r = {}, iw_i = {}, vg_r = {}, vg_i = {}, vq_r = {}, vq_i = {};
       for (Index j = 0; j < n_; ++j) {
-        const T sj = shape[j];
-        for (int l = 0; l < W; ++l) {
-          const Index a = j * W + l;
-          const T d = kConst ? sh_.cbase[j] : base[a] + u_[l] * sj;
-          T iwr, iwi;
-          if constexpr (kConst) {
-            iwr = sh_.cinv_r[j];
-            iwi = -sh_.cinv_i[j];
-          } else {
-            const T wr = T(1) + h2e2 * wp_r[l];
-            const T wi = -h * d + h2e2 * wp_i[l];
-            const T den = wr * wr + wi * wi;
-            iwr = wr / den;
-            iwi = -wi / den;
-            wp_r[l] = iwr;
-            wp_i[l] = iwi;
-            fr[a] = iwr;
-            fi[a] = iwi;
-          }
-          {  // g: y = g + (−i·he)·v_{j−1}
-            const T yr = gr[a] + he * vg_i[l];
-            const T yi = gi[a] - he * vg_r[l];
-            const T vr = iwr * yr - iwi * yi;
-            const T vi = iwr * yi + iwi * yr;
-            vg_r[l] = vr;
-            vg_i[l] = vi;
-            gr[a] = vr;
-            gi[a] = vi;
-          }
-          if constexpr (kRebuild) {  // q = M_{+1} ψ_{k+1}, then the same elimination
-            const T xr = pr[a], xi = pi[a];
-            const T sr = pr[a - W] + pr[a + W], si = pi[a - W] + pi[a + W];
-            const T rr = xr - h * d * xi + he * si;
-            const T ri = xi + h * d * xr - he * sr;
-            const T yr = rr + he * vq_i[l];
-            const T yi = ri - he * vq_r[l];
-            const T vr = iwr * yr - iwi * yi;
-            const T vi = iwr * yi + iwi * yr;
-            vq_r[l] = vr;
-            vq_i[l] = vi;
-            qr[a] = vr;
-            qi[a] = vi;
-          }
+        const V d = diag<kConst>(j);
+        if constexpr (kConst) {
+          iw_r = fr_[j];
+          iw_i = -fi_[j];
+        } else {
+          pivot<-1>(d, iw_r, iw_i);
+          fr_[j] = iw_r;
+          fi_[j] = iw_i;
+        }
+        const V mr = he * iw_i, mi = -he * iw_r;
+        {
+          const V yr = g_r[j], yi = g_i[j];
+          const V ar = iw_r * yr - iw_i * yi, ai = iw_r * yi + iw_i * yr;
+          const V vr = ar + mr * vg_r - mi * vg_i;
+          const V vi = ai + mr * vg_i + mi * vg_r;
+          vg_r = vr;
+          vg_i = vi;
+          g_r[j] = vr;
+          g_i[j] = vi;
+        }
+        if constexpr (kRebuild) {  // r = M_{+1} ψ_{k+1}
+          const V xr = p_r[j], xi = p_i[j];
+          const V sr = p_r[j - 1] + p_r[j + 1], si = p_i[j - 1] + p_i[j + 1];
+          const V rr = xr - h * d * xi + he * si;
+          const V ri = xi + h * d * xr - he * sr;
+          const V ar = iw_r * rr - iw_i * ri, ai = iw_r * ri + iw_i * rr;
+          const V vr = ar + mr * vq_r - mi * vq_i;
+          const V vi = ai + mr * vq_i + mi * vq_r;
+          vq_r = vr;
+          vq_i = vi;
+          q_r[j] = vr;
+          q_i[j] = vi;
         }
       }
     }
 
-    // pass 2, j = n−1 … 0: back substitution x_j = v_j − i·he·(x_{j+1}/w̃_j) gives λ_j (and
-    // ψ_k[j]); then ∂L/∂d_j, and g_k[j+1] = (M_{+1} λ)_{j+1} from λ_j, λ_{j+1}, λ_{j+2}.
-    alignas(64) T l1_r[W] = {}, l1_i[W] = {};  // λ_{j+1}
-    alignas(64) T l2_r[W] = {}, l2_i[W] = {};  // λ_{j+2}
-    alignas(64) T d1[W] = {};                  // d_{j+1}
+    // pass 2, j = n−1 … 0: back substitution x_j = v_j + m̃_j x_{j+1} gives λ_j (and ψ_k[j]);
+    // then ∂L/∂d_j, and g_k[j+1] = (M_{+1} λ)_{j+1} from λ_j, λ_{j+1}, λ_{j+2}.
+    V l1_r = {}, l1_i = {};  // λ_{j+1}
+    V l2_r = {}, l2_i = {};  // λ_{j+2}
+    V d1 = {};               // d_{j+1}
     for (Index j = n_ - 1; j >= 0; --j) {
-      const T sj = shape[j];
-      for (int l = 0; l < W; ++l) {
-        const Index a = j * W + l;
-        const T d = kConst ? sh_.cbase[j] : base[a] + u_[l] * sj;
-        const T iwr = kConst ? sh_.cinv_r[j] : fr[a];
-        const T iwi = kConst ? -sh_.cinv_i[j] : fi[a];
-        // λ_j
-        const T tr = iwr * l1_r[l] - iwi * l1_i[l];
-        const T ti = iwr * l1_i[l] + iwi * l1_r[l];
-        const T lr = gr[a] + he * ti;
-        const T li = gi[a] - he * tr;
-        if constexpr (kRebuild) {
-          const T xr = qr[a + W], xi = qi[a + W];
-          const T ur = iwr * xr - iwi * xi;
-          const T ui = iwr * xi + iwi * xr;
-          qr[a] += he * ui;
-          qi[a] -= he * ur;
-        }
-        // ∂L/∂d_j = h·Im(conj(λ_j)·(ψ_k + ψ_{k+1})_j)
-        const T sr = qr[a] + pr[a], si = qi[a] + pi[a];
-        const T gd = h * (lr * si - li * sr);
-        gv[a] += gd;
-        gw[a] += gd * u_[l];
-        du[l] += gd * sj;
-        // g_k[j+1] = λ_{j+1} + i·h·(d_{j+1} λ_{j+1} − e (λ_j + λ_{j+2})); row n is padding
-        const T nr = lr + l2_r[l], ni = li + l2_i[l];
-        gr[a + W] = l1_r[l] - h * (d1[l] * l1_i[l] - e * ni);
-        gi[a + W] = l1_i[l] + h * (d1[l] * l1_r[l] - e * nr);
-        l2_r[l] = l1_r[l];
-        l2_i[l] = l1_i[l];
-        l1_r[l] = lr;
-        l1_i[l] = li;
-        d1[l] = d;
+      const V d = diag<kConst>(j);
+      const V iw_i = kConst ? -fi_[j] : fi_[j];
+      const V mr = he * iw_i, mi = -he * fr_[j];
+      const V lr = g_r[j] + mr * l1_r - mi * l1_i;
+      const V li = g_i[j] + mr * l1_i + mi * l1_r;
+      if constexpr (kRebuild) {
+        const V xr = q_r[j + 1], xi = q_i[j + 1];
+        q_r[j] += mr * xr - mi * xi;
+        q_i[j] += mr * xi + mi * xr;
       }
+      // ∂L/∂d_j = h·Im(conj(λ_j)·(ψ_k + ψ_{k+1})_j)
+      const V gd = h * (lr * (q_i[j] + p_i[j]) - li * (q_r[j] + p_r[j]));
+      gv[j] += gd;
+      gw[j] += gd * u_;
+      du += gd * sh_.shape[j];
+      // g_k[j+1] = λ_{j+1} + i·h·(d_{j+1} λ_{j+1} − e (λ_j + λ_{j+2})); at j = n−1 this
+      // writes G's padding row, which nothing reads
+      g_r[j + 1] = l1_r - h * (d1 * l1_i - e * (li + l2_i));
+      g_i[j + 1] = l1_i + h * (d1 * l1_r - e * (lr + l2_r));
+      l2_r = l1_r;
+      l2_i = l1_i;
+      l1_r = lr;
+      l1_i = li;
+      d1 = d;
     }
-    for (int l = 0; l < W; ++l) {  // g_k[0] from λ_0, λ_1 (λ_{−1} = 0)
-      gr[l] = l1_r[l] - h * (d1[l] * l1_i[l] - e * l2_i[l]);
-      gi[l] = l1_i[l] + h * (d1[l] * l1_r[l] - e * l2_r[l]);
-    }
-    // the padding row n was written above with a meaningless value: clear it
-    zero(gr + n_ * W, W);
-    zero(gi + n_ * W, W);
+    g_r[0] = l1_r - h * (d1 * l1_i - e * l2_i);  // g_k[0] from λ_0, λ_1 (λ_{−1} = 0)
+    g_i[0] = l1_i + h * (d1 * l1_r - e * l2_r);
   }
 
+  V* plane_re(Buf b) const { return b == Buf::P ? pr_ : b == Buf::Q ? qr_ : gr_; }
+  V* plane_im(Buf b) const { return b == Buf::P ? pi_ : b == Buf::Q ? qi_ : gi_; }
 
  private:
-  T* plane_re(Buf b) const { return b == Buf::P ? pr_ : b == Buf::Q ? qr_ : gr_; }
-  T* plane_im(Buf b) const { return b == Buf::P ? pi_ : b == Buf::Q ? qi_ : gi_; }
-
   const KernelShared<T>& sh_;
   const System<T>& sys_;
   Index n_, b0_, lanes_;
-  T *pr_, *pi_, *qr_, *qi_, *gr_, *gi_;  // (n+2)·W padded state planes
-  T *fr_, *fi_;                          // n·W per-lane pivots 1/w_j
-  T* base_;                              // n·W: 2e + V_j per lane
-  alignas(64) T u_[W];
+  V *pr_, *pi_, *qr_, *qi_, *gr_, *gi_;  // n+2 padded state planes
+  V *fr_, *fi_;                          // n per-lane pivots 1/w_j (of M_{+1} if constant)
+  V* base_;                              // n: 2e + V_j per lane
+  V u_;                                  // control values of the current step
 };
 
 }  // namespace
@@ -334,20 +312,19 @@ void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
                     const std::complex<T>* grad_out, bool grad_full, const Gradients<T>& grads,
                     T* acc_v, T* acc_u, T* acc_w) {
   using B = Block<T, W>;
+  using V = typename B::V;
   const System<T>& sys = *sh.sys;
   const Index n = sys.n, steps = sys.steps;
   const Index sstride = states_full ? (steps + 1) * n : n;
   const Index gstride = grad_full ? (steps + 1) * n : n;
   B blk(sh, wk, b0, lanes);
-  T* gv = wk.gv;  // Σ_k ∂L/∂d per lane
-  T* gw = wk.gw;  // Σ_k ∂L/∂d · u_k per lane
-  zero(gv, n * W);
-  zero(gw, n * W);
-  alignas(64) T du[W];
+  V* gv = B::as_v(wk.gv);  // Σ_k ∂L/∂d_j per lane
+  V* gw = B::as_v(wk.gw);  // Σ_k ∂L/∂d_j · u_k per lane
+  for (Index j = 0; j < n; ++j) gv[j] = gw[j] = V{};
   blk.load(B::Buf::P, states, sstride, states_full ? steps * n : 0);
   blk.load(B::Buf::G, grad_out, gstride, grad_full ? steps * n : 0);
   for (Index k = steps - 1; k >= 0; --k) {  // adjoint sweep k = T−1 … 0
-    zero(du, W);
+    V du = {};
     blk.set_control(k);
     if (states_full) {
       blk.load(B::Buf::Q, states, sstride, k * n);
@@ -370,10 +347,10 @@ void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
   for (Index l = 0; l < lanes; ++l) {
     for (Index j = 0; j < n; ++j) {
       if (grads.potential) {
-        if (sys.potential_rows == 1) acc_v[j] += gv[j * W + l];
-        else grads.potential[(b0 + l) * n + j] = gv[j * W + l];
+        if (sys.potential_rows == 1) acc_v[j] += gv[j][l];
+        else grads.potential[(b0 + l) * n + j] = gv[j][l];
       }
-      if (grads.control_shape) acc_w[j] += gw[j * W + l];
+      if (grads.control_shape) acc_w[j] += gw[j][l];
     }
   }
 }

@@ -52,9 +52,10 @@ QUFLOW_DECLARE_KERNELS(isa_avx2)
 
 #undef QUFLOW_DECLARE_KERNELS
 
-/// Lane widths: kWideLanes<T> for batches, 1 for a few states.
+/// Lane widths: kWideLanes<T> for batches (one 32-byte AVX2 register: 4 doubles or 8
+/// floats; wider generic vectors spill registers and measured 2-3x slower), 1 for a few states.
 #ifndef QUFLOW_LANES
-#define QUFLOW_LANES 8
+#define QUFLOW_LANES 4
 #endif
 template <class T>
 constexpr int kWideLanes = QUFLOW_LANES * int(sizeof(double) / sizeof(T));

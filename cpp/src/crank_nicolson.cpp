@@ -4,6 +4,7 @@
 #include "quflow/crank_nicolson.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <exception>
 #include <thread>
 #include <vector>
@@ -66,14 +67,17 @@ struct SharedData {
   }
 };
 
-/// One thread's workspace (owns the arrays behind KernelWork).
+/// One thread's workspace (owns the arrays behind KernelWork). Every array starts on a
+/// 64-byte boundary, as the kernels' lane vectors (up to 64 bytes) require.
 template <class T>
 struct WorkData {
+  static constexpr Index kAlign = 64 / sizeof(T);
   Vec<T> planes;
   KernelWork<T> view;
 
-  WorkData(Index n, int w) : planes(Vec<T>::Zero(6 * (n + 2) * w + 5 * n * w)) {
-    T* p = planes.data();
+  WorkData(Index n, int w) : planes(Vec<T>::Zero(6 * (n + 2) * w + 5 * n * w + kAlign)) {
+    const auto addr = reinterpret_cast<std::uintptr_t>(planes.data());
+    T* p = planes.data() + ((64 - addr % 64) % 64) / sizeof(T);
     const Index big = (n + 2) * w, small = n * w;
     for (T** slot : {&view.pr, &view.pi, &view.qr, &view.qi, &view.gr, &view.gi}) {
       *slot = p;
