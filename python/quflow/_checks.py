@@ -90,4 +90,9 @@ def as_core_array(x: torch.Tensor | None):
     """C-contiguous numpy view of a resolved tensor (no conj/neg bits), or None."""
     if x is None:
         return None
-    return x.detach().resolve_conj().resolve_neg().contiguous().numpy()
+    try:
+        return x.detach().resolve_conj().resolve_neg().contiguous().numpy()
+    except RuntimeError as exc:  # functorch wrappers have no storage to hand over
+        raise RuntimeError("quflow's C++ ops do not support torch.func transforms "
+                           "(grad, vmap, jacrev); use torch.autograd.grad or .backward() "
+                           "instead") from exc

@@ -102,6 +102,10 @@ def random_states(grid: Grid, batch: int, *, seed: int | None = None, modes: int
     batch = _checks.count("batch", batch, minimum=1)
     if dtype not in (torch.complex64, torch.complex128):
         raise TypeError(f"dtype: expected torch.complex64 or torch.complex128, got {dtype}")
+    if modes is not None:
+        modes = _checks.count("modes", modes, minimum=1)
+        if modes > grid.n:
+            raise ValueError(f"modes: the grid has {grid.n} eigenstates, asked for {modes}")
     basis = grid.eigenstates(modes, dtype=torch.complex128)  # (modes, n)
     if generator is None:
         generator = torch.Generator()

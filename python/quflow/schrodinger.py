@@ -198,10 +198,10 @@ def crank_nicolson(
     sizes = {k: v.shape[0] for k, v in rows.items() if v is not None and v.ndim == 2}
     batched = bool(sizes)
     batch = max(sizes.values(), default=1)
-    for name, size in sizes.items():
-        if size not in (1, batch):
-            detail = ", ".join(f"{k}: {s}" for k, s in sizes.items())
-            raise ValueError(f"{name}: batch size {size} does not match the others ({detail})")
+    if any(size not in (1, batch) for size in sizes.values()):
+        detail = ", ".join(f"{k} has {s}" for k, s in sizes.items())
+        raise ValueError(f"batch sizes do not match: {detail} rows (each must equal the "
+                         f"batch size or be 1)")
     if batch < 1:
         raise ValueError("psi0: the batch is empty (batch size 0)")
 
