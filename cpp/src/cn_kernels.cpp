@@ -76,38 +76,64 @@ class Block {
   }
 
   // ---- state transfer: rows b0… of a (batch, stride) complex array, at column offset ----
+  // Lane vectors are assembled in registers point by point (a W × n transpose); lanes past
+  // `lanes` read a zero row.
   enum class Buf { P, Q, G };
 
-  void load(Buf which, const std::complex<T>* src, Index stride, Index offset) {
+  template <bool kAdd>
+  void gather(Buf which, const std::complex<T>* src, Index stride, Index offset) {
     V* re = plane_re(which) + 1;
     V* im = plane_im(which) + 1;
-    for (Index l = 0; l < lanes_; ++l) {
-      const std::complex<T>* row = src + (b0_ + l) * stride + offset;
-      for (Index j = 0; j < n_; ++j) {
-        re[j][l] = row[j].real();
-        im[j][l] = row[j].imag();
+    const std::complex<T>* rows[W];
+    for (int l = 0; l < W; ++l)
+      rows[l] = l < lanes_ ? src + (b0_ + l) * stride + offset : zeros_;
+    const bool full = lanes_ == W;
+    for (Index j = 0; j < n_; ++j) {
+      V r, i;
+      if (full) {
+        for (int l = 0; l < W; ++l) {
+          r[l] = rows[l][j].real();
+          i[l] = rows[l][j].imag();
+        }
+      } else {
+        for (int l = 0; l < W; ++l) {
+          r[l] = rows[l][l < lanes_ ? j : 0].real();
+          i[l] = rows[l][l < lanes_ ? j : 0].imag();
+        }
+      }
+      if constexpr (kAdd) {
+        re[j] += r;
+        im[j] += i;
+      } else {
+        re[j] = r;
+        im[j] = i;
       }
     }
+  }
+
+  void load(Buf which, const std::complex<T>* src, Index stride, Index offset) {
+    gather<false>(which, src, stride, offset);
+  }
+
+  void add(Buf which, const std::complex<T>* src, Index stride, Index offset) {
+    gather<true>(which, src, stride, offset);
   }
 
   void store(Buf which, std::complex<T>* dst, Index stride, Index offset) const {
     const V* re = plane_re(which) + 1;
     const V* im = plane_im(which) + 1;
+    if (lanes_ == W) {
+      std::complex<T>* rows[W];
+      for (int l = 0; l < W; ++l) rows[l] = dst + (b0_ + l) * stride + offset;
+      for (Index j = 0; j < n_; ++j) {
+        const V r = re[j], i = im[j];
+        for (int l = 0; l < W; ++l) rows[l][j] = std::complex<T>(r[l], i[l]);
+      }
+      return;
+    }
     for (Index l = 0; l < lanes_; ++l) {
       std::complex<T>* row = dst + (b0_ + l) * stride + offset;
       for (Index j = 0; j < n_; ++j) row[j] = std::complex<T>(re[j][l], im[j][l]);
-    }
-  }
-
-  void add(Buf which, const std::complex<T>* src, Index stride, Index offset) {
-    V* re = plane_re(which) + 1;
-    V* im = plane_im(which) + 1;
-    for (Index l = 0; l < lanes_; ++l) {
-      const std::complex<T>* row = src + (b0_ + l) * stride + offset;
-      for (Index j = 0; j < n_; ++j) {
-        re[j][l] += row[j].real();
-        im[j][l] += row[j].imag();
-      }
     }
   }
 
@@ -281,6 +307,7 @@ class Block {
   V *fr_, *fi_;                          // n per-lane pivots 1/w_j (of M_{+1} if constant)
   V* base_;                              // n: 2e + V_j per lane
   V u_;                                  // control values of the current step
+  static constexpr std::complex<T> zeros_[1] = {};
 };
 
 }  // namespace

@@ -1,0 +1,276 @@
+"""Side-by-side: quflow.crank_nicolson vs what a user would otherwise write in plain torch.
+
+    OMP_NUM_THREADS=1 python bench/bench_schrodinger.py [--quick] [--json FILE]
+
+One process, one run, threads pinned to 1 (torch.set_num_threads(1)); medians of
+repeated runs; double precision; the same Crank–Nicolson discretisation everywhere
+(n interior points, L = 2, dt = 0.2, V = 0, control u·x). Peers:
+
+  (a) dense solve   build I ± i·dt/2·H_k densely, one torch.linalg.solve per step
+                    (one LU for the whole batch when H is shared, batched LUs with a
+                    per-sample control), differentiated by autograd
+  (b) propagator    constant H only: U = (I + i·dt/2·H)⁻¹(I − i·dt/2·H) built once by
+                    torch.linalg.solve, then ψ ← ψ Uᵀ per step, autograd
+  (c) torch Thomas  the tridiagonal (Thomas) algorithm written in torch, vectorised over
+                    the batch with a Python loop over the grid, autograd
+
+Where a peer needs more than ~20 s, it is timed at k and 2k steps and extrapolated
+linearly to the full count (marked '*'): set-up is counted once, every step does the
+same work.
+Forward+backward is the gradient of a linear loss L = Re Σ conj(w)·ψ (w fixed, random) with
+respect to ψ0 (and u): the op's vector-Jacobian product, with negligible loss overhead.
+Memory: bytes saved for backward (unique storages seen by saved_tensors_hooks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import quflow
+
+DT, LENGTH = 0.2, 2.0
+
+
+# --------------------------------------------------------------------------- peers
+
+def _hamiltonian_parts(n):
+    grid = quflow.Grid(n, LENGTH)
+    e = 1.0 / grid.dx**2
+    off = torch.ones(n - 1, dtype=torch.float64)
+    lap = torch.diag(torch.full((n,), 2 * e, dtype=torch.float64)) - e * torch.diag(off, 1) \
+        - e * torch.diag(off, -1)
+    return grid, lap
+
+
+def dense_solve(psi0, n, steps, control=None, trajectory=False):
+    """(a): one dense solve per step."""
+    grid, lap = _hamiltonian_parts(n)
+    eye = torch.eye(n, dtype=torch.complex128)
+    psi, states = psi0, [psi0]
+    if control is None:
+        a, b = eye + 0.5j * DT * lap, eye - 0.5j * DT * lap
+        for _ in range(steps):
+            psi = torch.linalg.solve(a, b @ psi.T).T
+            states.append(psi)
+    else:
+        for k in range(steps):
+            h = lap + torch.diag_embed(control[:, k, None] * grid.x)
+            psi = torch.linalg.solve(eye + 0.5j * DT * h, ((eye - 0.5j * DT * h) @ psi[..., None]))[..., 0]
+            states.append(psi)
+    return torch.stack(states, 1) if trajectory else psi
+
+
+def propagator(psi0, n, steps, trajectory=False):
+    """(b): dense CN propagator built once, applied by matmul."""
+    _, lap = _hamiltonian_parts(n)
+    eye = torch.eye(n, dtype=torch.complex128)
+    u_t = torch.linalg.solve(eye + 0.5j * DT * lap, eye - 0.5j * DT * lap).T
+    psi, states = psi0, [psi0]
+    for _ in range(steps):
+        psi = psi @ u_t
+        states.append(psi)
+    return torch.stack(states, 1) if trajectory else psi
+
+
+def torch_thomas(psi0, n, steps):
+    """(c): Thomas algorithm in torch, batch-vectorised, Python loop over the grid."""
+    grid = quflow.Grid(n, LENGTH)
+    he = 0.5 * DT / grid.dx**2
+    d = torch.full((n,), 2 / grid.dx**2, dtype=torch.float64)
+    a = 1 + 0.5j * DT * d  # diagonal of I + i·dt/2·H; off-diagonal c = −i·he
+    c = -1j * he
+    w = [a[0]]
+    for j in range(1, n):
+        w.append(a[j] - c * c / w[j - 1])
+    psi = psi0
+    for _ in range(steps):
+        cols = psi.unbind(1)
+        rhs = [(1 - 0.5j * DT * d[j]) * cols[j]
+               + 1j * he * ((cols[j - 1] if j else 0) + (cols[j + 1] if j + 1 < n else 0))
+               for j in range(n)]
+        y = [rhs[0] / w[0]]
+        for j in range(1, n):
+            y.append((rhs[j] - c * y[j - 1]) / w[j])
+        x = [None] * n
+        x[-1] = y[-1]
+        for j in range(n - 2, -1, -1):
+            x[j] = y[j] - c / w[j] * x[j + 1]
+        psi = torch.stack(x, 1)
+    return psi
+
+
+def quflow_op(psi0, n, steps, control=None, trajectory=False, adjoint="reverse"):
+    grid = quflow.Grid(n, LENGTH)
+    if control is None:
+        return quflow.crank_nicolson(psi0, dt=DT, dx=grid.dx, steps=steps, trajectory=trajectory,
+                                     adjoint=adjoint)
+    return quflow.crank_nicolson(psi0, dt=DT, dx=grid.dx, control=control, control_shape=grid.x,
+                                 trajectory=trajectory, adjoint=adjoint)
+
+
+# --------------------------------------------------------------------------- measurement
+
+def median_time(fn, budget=2.0, min_runs=3, max_runs=30):
+    t0 = time.perf_counter()
+    fn()  # warm-up
+    if time.perf_counter() - t0 > budget:
+        min_runs = 1  # a slow peer: one more run is enough at this scale
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or (len(times) < max_runs and time.perf_counter() - start < budget):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def saved_bytes(fn):
+    """Bytes of the distinct storages autograd saves for backward while fn() runs."""
+    seen = {}
+
+    def pack(t):
+        if t.numel():
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def run_case(label, n, batch, steps, peers, control=False, trajectory=False, grad=True,
+             peer_steps=None):
+    """Times forward (and forward+backward) of quflow and each peer; returns table rows."""
+    psi0 = quflow.random_states(quflow.Grid(n, LENGTH), batch, seed=0)
+    u = 0.5 * torch.randn(batch, steps, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) \
+        if control else None
+    # a linear loss L = Re Σ conj(w)·ψ, so that the op's own forward and backward (its
+    # vector-Jacobian product with cotangent w) are what is timed
+    w = quflow.random_states(quflow.Grid(n, LENGTH), batch * (steps + 1 if trajectory else 1),
+                             seed=2).reshape(batch, -1, n)
+    w = w if trajectory else w[:, 0]
+
+    def loss(out):
+        return torch.view_as_real(out).mul(torch.view_as_real(w)).sum()
+
+    def make(impl, k):
+        def fwd():
+            with torch.no_grad():
+                return impl(psi0, k)
+
+        def fwd_bwd():
+            p = psi0.clone().requires_grad_()
+            uu = None if u is None else u[:, :k].clone().requires_grad_()
+            out = impl(p, k, uu)
+            inputs = [p] if uu is None else [p, uu]
+            return torch.autograd.grad(loss(out), inputs)
+        return fwd, fwd_bwd
+
+    impls = {
+        "quflow": lambda p, k, uu=None: quflow_op(p, n, k, control=uu if control else None,
+                                                  trajectory=trajectory),
+        "(a) dense solve": lambda p, k, uu=None: dense_solve(p, n, k, control=uu if control else None,
+                                                             trajectory=trajectory),
+        "(b) propagator": lambda p, k, uu=None: propagator(p, n, k, trajectory=trajectory),
+        "(c) torch Thomas": lambda p, k, uu=None: torch_thomas(p, n, k),
+    }
+    if control:  # the control peers need u even without grad
+        impls["quflow"] = lambda p, k, uu=None: quflow_op(p, n, k, control=(u[:, :k] if uu is None else uu),
+                                                          trajectory=trajectory)
+        impls["(a) dense solve"] = lambda p, k, uu=None: dense_solve(
+            p, n, k, control=(u[:, :k] if uu is None else uu), trajectory=trajectory)
+    rows = []
+    results = {}
+    for name in ["quflow", *peers]:
+        k = steps if name == "quflow" or peer_steps is None else min(steps, peer_steps.get(name, steps))
+        if k == steps:
+            fwd, fwd_bwd = make(impls[name], k)
+            t_f = median_time(fwd)
+            t_fb = median_time(fwd_bwd) if grad else None
+        else:  # t(steps) = t(k) + (t(2k) − t(k))·(steps − k)/k: set-up counted once
+            def extrapolate(t1, t2):
+                return t1 + max(t2 - t1, 0.0) * (steps - k) / k
+            (f1, fb1), (f2, fb2) = make(impls[name], k), make(impls[name], 2 * k)
+            t_f = extrapolate(median_time(f1), median_time(f2))
+            t_fb = extrapolate(median_time(fb1), median_time(fb2)) if grad else None
+        results[name] = (t_f, t_fb, k != steps)
+    base_f, base_fb, _ = results["quflow"]
+    for name, (t_f, t_fb, scaled) in results.items():
+        star = "*" if scaled else ""
+        rows.append(dict(case=label, impl=name, forward_ms=t_f * 1e3,
+                         fwd_bwd_ms=None if t_fb is None else t_fb * 1e3,
+                         forward_ratio=t_f / base_f,
+                         fwd_bwd_ratio=None if t_fb is None else t_fb / base_fb, scaled=star))
+    return rows
+
+
+def memory_rows(n=20, batch=200):
+    rows = []
+    psi0 = quflow.random_states(quflow.Grid(n, LENGTH), batch, seed=0)
+    for steps in (100, 1000, 3000):
+        u = torch.zeros(batch, steps, dtype=torch.float64, requires_grad=True)
+        p = psi0.clone().requires_grad_()
+        row = dict(steps=steps)
+        row["quflow reverse"] = saved_bytes(lambda: quflow_op(p, n, steps, control=u))
+        row["quflow store"] = saved_bytes(lambda: quflow_op(p, n, steps, control=u, adjoint="store"))
+        row["(a) dense solve"] = saved_bytes(lambda: dense_solve(p, n, steps, control=u))
+        rows.append(row)
+    return rows
+
+
+def fmt_ms(x):
+    return "—" if x is None else (f"{x:.3g}" if x < 100 else f"{x:.0f}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="paper sizes only (skips n = 256, 2048)")
+    ap.add_argument("--json", help="also write the rows to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"quflow {quflow.__version__}, torch {torch.__version__}, kernels: "
+          f"{quflow._core.kernel_isa()}, threads: {torch.get_num_threads()}\n")
+
+    rows = []
+    rows += run_case("n=20, batch 200, 100 steps, constant H", 20, 200, 100,
+                     ["(a) dense solve", "(b) propagator"])
+    rows += run_case("n=20, batch 200, 100 steps, constant H, trajectory", 20, 200, 100,
+                     ["(b) propagator"], trajectory=True)
+    rows += run_case("n=20, batch 200, 50 steps, per-sample control u[b,k]·x", 20, 200, 50,
+                     ["(a) dense solve"], control=True)
+    if not args.quick:
+        rows += run_case("n=256, batch 200, 100 steps, constant H", 256, 200, 100,
+                         ["(a) dense solve", "(b) propagator", "(c) torch Thomas"],
+                         peer_steps={"(c) torch Thomas": 10})
+        rows += run_case("n=2048, batch 200, 100 steps, constant H", 2048, 200, 100,
+                         ["(a) dense solve", "(b) propagator", "(c) torch Thomas"],
+                         peer_steps={"(a) dense solve": 2, "(b) propagator": 5,
+                                     "(c) torch Thomas": 2})
+
+    print("| case | implementation | forward ms | × quflow | fwd+bwd ms | × quflow |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        fb_ratio = "—" if r["fwd_bwd_ratio"] is None else f"{r['fwd_bwd_ratio']:.1f}×"
+        print(f"| {r['case']} | {r['impl']}{r['scaled']} | {fmt_ms(r['forward_ms'])} | "
+              f"{r['forward_ratio']:.1f}× | {fmt_ms(r['fwd_bwd_ms'])} | {fb_ratio} |")
+
+    mem = memory_rows()
+    print("\nBackprop memory (bytes saved for backward), n=20, batch 200, per-sample control:")
+    print("| steps | quflow reverse | quflow store | (a) dense solve |")
+    print("|---:|---:|---:|---:|")
+    for m in mem:
+        print(f"| {m['steps']} | {m['quflow reverse'] / 1e6:.2f} MB | {m['quflow store'] / 1e6:.2f} MB | "
+              f"{m['(a) dense solve'] / 1e6:.1f} MB |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(rows=rows, memory=mem), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
