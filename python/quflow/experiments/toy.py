@@ -60,8 +60,10 @@ def run(out: Path, *, quick: bool = True, theta0: float = math.pi / 2 - 0.01,
     """Runs all three gradients, writes ``toy.csv``, ``toy.json`` and ``toy.png`` to ``out``.
 
     Returns:
-        ``{gradient: {"final_loss", "final_loss_std", "seeds", "steps_to_target"}}`` (the
-        toy is deterministic: one run, standard deviation 0).
+        ``{gradient: {"final_loss", "final_loss_std", "seeds", "steps_to_target",
+        "steps_to_target_by_offset"}}``: steps to ``L < 1e-3`` from ``θ₀``, and from
+        ``θ₀ = π/2 − δ`` for ``δ ∈ {1e-2, 1e-4, 1e-6}``. The toy is deterministic: one run,
+        standard deviation 0.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,9 +76,15 @@ def run(out: Path, *, quick: bool = True, theta0: float = math.pi / 2 - 0.01,
         for g, r in runs.items():
             for k, (loss, (x, y)) in enumerate(zip(r["loss"], r["xy"])):
                 writer.writerow([g, k, f"{loss:.10g}", f"{x:.10g}", f"{y:.10g}"])
+    # escape time vs how close θ₀ starts to the maximum at π/2
+    offsets = (1e-2, 1e-4, 1e-6)
+    sweep = {g: {f"{o:g}": simulate(g, theta0=math.pi / 2 - o, lr=lr, steps=steps)["steps_to_target"]
+                 for o in offsets} for g in GRADIENTS}
     summary = {g: {"final_loss": r["loss"][-1], "final_loss_std": 0.0, "seeds": [None],
-                   "steps_to_target": r["steps_to_target"]} for g, r in runs.items()}
-    meta = {"theta0": theta0, "lr": lr, "steps": steps, "target_loss": TARGET_LOSS}
+                   "steps_to_target": r["steps_to_target"],
+                   "steps_to_target_by_offset": sweep[g]} for g, r in runs.items()}
+    meta = {"theta0": theta0, "lr": lr, "steps": steps, "target_loss": TARGET_LOSS,
+            "offsets": list(offsets)}
     with open(out / "toy.json", "w") as f:
         json.dump({"config": meta, "results": summary}, f, indent=2)
     _plot(runs, out / "toy.png", meta)
@@ -93,7 +101,7 @@ def _plot(runs: dict, path: Path, meta: dict) -> None:
     fig, (ax_l, ax_xy) = plt.subplots(1, 2, figsize=(10, 4.2))
     for g, r in runs.items():
         label = f"{g} (L<1e-3 at step {r['steps_to_target']})"
-        ax_l.semilogy(r["loss"], color=colors[g], label=label)
+        ax_l.semilogy([max(v, 1e-16) for v in r["loss"]], color=colors[g], label=label)
         xy = torch.tensor(r["xy"])
         ax_xy.plot(xy[:, 0], xy[:, 1], ".-", ms=3, color=colors[g], label=g)
     ax_l.axhline(meta["target_loss"], color="gray", lw=0.8, ls=":")

@@ -1,0 +1,216 @@
+"""quflow.fidelity_loss / FidelityLoss / to_complex / to_real.
+
+Oracles: gradcheck of the "standard" mode (an exact gradient of the value); plain-autograd
+references for each mode's formula (tests/README.md, "Fidelity loss"); phase invariance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import quflow
+
+TOL = {torch.complex128: 1e-12, torch.complex64: 1e-5}
+
+
+def _states(shape, dtype=torch.complex128, seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(*shape, 2, dtype=torch.float64, generator=gen)
+    return (scale * torch.view_as_complex(z)).to(dtype)
+
+
+def _value_reference(p, t):
+    """1 − |⟨t,p⟩|²/(‖p‖²‖t‖²) written directly in torch (differentiable by autograd)."""
+    s = (t.conj() * p).sum(-1)
+    return 1 - s.abs() ** 2 / (p.abs().pow(2).sum(-1) * t.abs().pow(2).sum(-1))
+
+
+def _grads(p, t, gradient, reduction="mean"):
+    p = p.detach().clone().requires_grad_()
+    t = t.detach().clone().requires_grad_()
+    loss = quflow.fidelity_loss(p, t, gradient=gradient, reduction=reduction)
+    (loss if loss.ndim == 0 else loss.sum()).backward()
+    return loss.detach(), p.grad, t.grad
+
+
+# ---------------------------------------------------------------- values
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("gradient", ["standard", "modified", "l2"])
+def test_value_is_the_quantum_loss_in_every_mode(dtype, gradient):
+    p, t = _states((7, 5), dtype, 1, scale=3.0), _states((7, 5), dtype, 2)  # unnormalised
+    ref = _value_reference(p.to(torch.complex128), t.to(torch.complex128))
+    out = quflow.fidelity_loss(p, t, gradient=gradient, reduction="none")
+    assert out.dtype == (torch.float64 if dtype == torch.complex128 else torch.float32)
+    torch.testing.assert_close(out.double(), ref, atol=TOL[dtype], rtol=0)
+    torch.testing.assert_close(quflow.fidelity_loss(p, t, gradient=gradient).double(), ref.mean(),
+                               atol=TOL[dtype], rtol=0)
+    torch.testing.assert_close(quflow.fidelity_loss(p, t, gradient=gradient, reduction="sum").double(),
+                               ref.sum(), atol=10 * TOL[dtype], rtol=0)
+
+
+def test_known_values_and_phase_invariance():
+    t = torch.tensor([1.0 + 0j, 0.0])
+    assert quflow.fidelity_loss(torch.tensor([0.0 + 0j, 2.0]), t).item() == 1.0
+    assert quflow.fidelity_loss(torch.tensor([3.0 + 0j, 0.0]), t).item() == 0.0
+    p, t = _states((9, 6), seed=3), _states((9, 6), seed=4)
+    alpha = torch.rand(9, 1, dtype=torch.float64) * 2 * math.pi
+    base = quflow.fidelity_loss(p, t, reduction="none")
+    torch.testing.assert_close(quflow.fidelity_loss(p * torch.exp(1j * alpha), t, reduction="none"),
+                               base, atol=1e-13, rtol=0)
+    torch.testing.assert_close(quflow.fidelity_loss(p, t * torch.exp(-2j * alpha), reduction="none"),
+                               base, atol=1e-13, rtol=0)
+
+
+def test_real_layout_inputs_equal_complex_inputs():
+    p, t = _states((4, 3), seed=5), _states((4, 3), seed=6)
+    for mode in ("standard", "modified", "l2"):
+        yp = quflow.to_real(p).requires_grad_()
+        loss_real = quflow.fidelity_loss(yp, quflow.to_real(t), gradient=mode)
+        loss_real.backward()
+        loss_c, gp, _ = _grads(p, t, mode)
+        torch.testing.assert_close(loss_real.detach(), loss_c, atol=1e-14, rtol=0)
+        torch.testing.assert_close(yp.grad, quflow.to_real(gp), atol=1e-14, rtol=0)
+    # mixed: real pred, complex target
+    torch.testing.assert_close(quflow.fidelity_loss(quflow.to_real(p), t),
+                               quflow.fidelity_loss(p, t), atol=1e-14, rtol=0)
+
+
+def test_to_real_and_to_complex_are_inverse():
+    psi = _states((2, 3, 5), seed=7)
+    y = quflow.to_real(psi)
+    assert y.shape == (2, 3, 10) and y.dtype == torch.float64
+    assert torch.equal(y[..., :5], psi.real) and torch.equal(y[..., 5:], psi.imag)
+    assert torch.equal(quflow.to_complex(y), psi)
+    assert quflow.to_complex(y.float()).dtype == torch.complex64
+
+
+def test_target_broadcasts_over_the_batch():
+    p, t = _states((6, 4), seed=8), _states((4,), seed=9)
+    out = quflow.fidelity_loss(p, t, reduction="none")
+    torch.testing.assert_close(out, _value_reference(p, t.expand(6, 4)), atol=1e-14, rtol=0)
+    _, _, gt = _grads(p, t, "standard")
+    assert gt.shape == (4,)
+
+
+# ---------------------------------------------------------------- gradients
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_standard_gradient_passes_gradcheck(reduction):
+    p = _states((3, 4), seed=10).requires_grad_()
+    t = _states((3, 4), seed=11).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: quflow.fidelity_loss(a, b, gradient="standard", reduction=reduction), (p, t))
+    assert torch.autograd.gradgradcheck(
+        lambda a, b: quflow.fidelity_loss(a, b, gradient="standard", reduction=reduction), (p, t))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_standard_gradient_equals_autograd_of_the_value(dtype):
+    p, t = _states((5, 6), dtype, 12, scale=2.0), _states((5, 6), dtype, 13)
+    _, gp, gt = _grads(p, t, "standard")
+    p2, t2 = p.clone().requires_grad_(), t.clone().requires_grad_()
+    _value_reference(p2, t2).mean().backward()
+    torch.testing.assert_close(gp, p2.grad, atol=TOL[dtype], rtol=0)
+    torch.testing.assert_close(gt, t2.grad, atol=TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_modified_gradient_is_standard_over_sqrt_fidelity(dtype, reduction):
+    p, t = _states((8, 5), dtype, 14, scale=1.5), _states((8, 5), dtype, 15)
+    loss_i = quflow.fidelity_loss(p, t, reduction="none")
+    _, gp_s, gt_s = _grads(p, t, "standard", reduction)
+    _, gp_m, gt_m = _grads(p, t, "modified", reduction)
+    scale = (1 / torch.sqrt(1 - loss_i))[:, None]
+    rtol = 1e-12 if dtype == torch.complex128 else 1e-4
+    torch.testing.assert_close(gp_m, gp_s * scale, rtol=rtol, atol=rtol * gp_s.abs().max().item())
+    torch.testing.assert_close(gt_m, gt_s * scale, rtol=rtol, atol=rtol * gt_s.abs().max().item())
+
+
+def test_l2_gradient_is_the_gradient_of_half_squared_distance():
+    p, t = _states((4, 3), seed=16), _states((4, 3), seed=17)
+    _, gp, gt = _grads(p, t, "l2", "sum")
+    torch.testing.assert_close(gp, p - t, atol=1e-15, rtol=0)
+    torch.testing.assert_close(gt, t - p, atol=1e-15, rtol=0)
+    _, gp_mean, _ = _grads(p, t, "l2", "mean")
+    torch.testing.assert_close(gp_mean, (p - t) / 4, atol=1e-15, rtol=0)
+
+
+def test_phase_covariance_of_standard_and_modified_and_non_invariance_of_l2():
+    p, t = _states((5, 4), seed=18), _states((5, 4), seed=19)
+    phase = torch.exp(1j * torch.rand(5, 1, dtype=torch.float64) * 6.28)
+    for mode in ("standard", "modified"):
+        _, gp, _ = _grads(p, t, mode)
+        _, gp_rot, _ = _grads(p * phase, t, mode)
+        torch.testing.assert_close(gp_rot, gp * phase, atol=1e-14, rtol=0)  # ∇ rotates with p
+    _, gp, _ = _grads(p, t, "l2")
+    _, gp_rot, _ = _grads(p * phase, t, "l2")
+    assert (gp_rot - gp * phase).abs().max() > 1e-3  # documented: l2 is not phase invariant
+
+
+def test_orthogonal_and_near_orthogonal_inputs():
+    t = torch.tensor([[1.0 + 0j, 0.0, 0.0]])
+    p = torch.tensor([[0.0 + 0j, 1.0, 0.0]])
+    loss, gp_s, gt_s = _grads(p, t, "standard")
+    assert loss.item() == 1.0 and gp_s.abs().max() == 0 and gt_s.abs().max() == 0  # vanishes
+    _, gp_m, gt_m = _grads(p, t, "modified")
+    assert torch.isfinite(gp_m).all() and torch.isfinite(gt_m).all()
+    torch.testing.assert_close(gp_m, -2 * t, atol=0, rtol=0)   # documented limit: towards t
+    torch.testing.assert_close(gt_m, -2 * p, atol=0, rtol=0)
+    for eps in (1e-3, 1e-8, 1e-14):
+        near = torch.tensor([[eps + 0j, 1.0, 0.0]])
+        _, gs, _ = _grads(near, t, "standard")
+        _, gm, _ = _grads(near, t, "modified")
+        assert gs.abs().max() < 3 * eps                         # standard vanishes with eps
+        assert 1.5 < gm.abs().max() < 2.5                       # modified stays O(1)
+
+
+def test_fidelity_loss_module():
+    crit = quflow.FidelityLoss(gradient="l2", reduction="sum")
+    p, t = _states((3, 2), seed=20), _states((3, 2), seed=21)
+    assert torch.equal(crit(p, t), quflow.fidelity_loss(p, t, gradient="l2", reduction="sum"))
+    assert "gradient='l2'" in repr(crit)
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("call,exc,msg", [
+    (lambda: quflow.fidelity_loss([1.0, 0.0], torch.ones(2)), TypeError, "pred: expected a torch.Tensor"),
+    (lambda: quflow.fidelity_loss(torch.ones(2, dtype=torch.int64), torch.ones(2)), TypeError, "pred: expected a complex"),
+    (lambda: quflow.fidelity_loss(torch.ones(3), torch.ones(4)), ValueError, "pred: a real pred must have an even"),
+    (lambda: quflow.fidelity_loss(torch.ones(4), torch.ones(3, dtype=torch.complex128)), ValueError, "n = 2 and n = 3"),
+    (lambda: quflow.fidelity_loss(torch.ones(3, 4), torch.ones(2, 4)), ValueError, "do not broadcast"),
+    (lambda: quflow.fidelity_loss(torch.tensor([1.0, float("nan")]), torch.ones(2)), ValueError, "pred: contains NaN"),
+    (lambda: quflow.fidelity_loss(torch.ones(2), torch.tensor([float("inf"), 0.0])), ValueError, "target: contains NaN"),
+    (lambda: quflow.fidelity_loss(torch.zeros(2), torch.ones(2)), ValueError, "pred: a sample has zero norm"),
+    (lambda: quflow.fidelity_loss(torch.ones(2), torch.ones(2), gradient="natural"), ValueError, "gradient: expected one of"),
+    (lambda: quflow.fidelity_loss(torch.ones(2), torch.ones(2), reduction="max"), ValueError, "reduction: expected one of"),
+    (lambda: quflow.FidelityLoss(gradient="x"), ValueError, "gradient: expected one of"),
+    (lambda: quflow.to_complex(torch.ones(3)), ValueError, "y: the last dimension must be even"),
+    (lambda: quflow.to_complex(torch.ones(2, dtype=torch.complex64)), TypeError, "y: expected a real"),
+    (lambda: quflow.to_real(torch.ones(2)), TypeError, "psi: expected a complex"),
+])
+def test_bad_input(call, exc, msg):
+    with pytest.raises(exc, match=msg):
+        call()
+
+
+# ---------------------------------------------------------------- toy experiment
+
+def test_toy_experiment_reproduces_the_papers_ordering(tmp_path):
+    from quflow.experiments import toy
+
+    summary = toy.run(tmp_path, quick=True)
+    steps = {g: summary[g]["steps_to_target"] for g in ("standard", "l2", "modified")}
+    assert all(s is not None for s in steps.values())
+    assert steps["modified"] < steps["standard"] and steps["l2"] < steps["standard"]
+    for name in ("toy.csv", "toy.json", "toy.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    # the standard gradient's escape time grows as θ₀ → π/2, the others' barely move
+    far = toy.simulate("standard", theta0=math.pi / 2 - 1e-6, steps=400)["steps_to_target"]
+    far_m = toy.simulate("modified", theta0=math.pi / 2 - 1e-6, steps=400)["steps_to_target"]
+    assert far > steps["standard"] + 20 and far_m <= steps["modified"] + 2
