@@ -67,7 +67,8 @@ class Case:
 
 
 def sample_inputs(dtype=torch.complex128, n=20, steps=30, requires_grad=False, seed=0):
-    """Batch 1 and batch > 1 (both lane paths), shared and per-sample potential and control."""
+    """Shared and per-sample potential and control, at batch sizes that reach every block
+    width of the kernels (1 lane, one register, two registers, and partial blocks)."""
     gen = torch.Generator().manual_seed(seed)
     real = REAL[dtype]
     grid = quflow.Grid(n, 2.0)
@@ -86,6 +87,8 @@ def sample_inputs(dtype=torch.complex128, n=20, steps=30, requires_grad=False, s
         Case("sharedu-b5", states(5), r(n, scale=5), steps, r(steps, scale=3), x),
         Case("peru-b9", states(9), r(9, n, scale=5), steps, r(9, steps, scale=3), x),
         Case("peru-b1", states(1), r(1, n, scale=5), steps, r(1, steps, scale=3), r(n)),
+        Case("const-b19", states(19), r(n, scale=5), steps),  # wide blocks + a partial one
+        Case("peru-b19", states(19), r(19, n, scale=5), steps, r(19, steps, scale=3), x),
     ]
     for c in cases:
         c.dx = grid.dx

@@ -52,12 +52,15 @@ QUFLOW_DECLARE_KERNELS(isa_avx2)
 
 #undef QUFLOW_DECLARE_KERNELS
 
-/// Lane widths: kWideLanes<T> for batches (one 32-byte AVX2 register: 4 doubles or 8
-/// floats; wider generic vectors spill registers and measured 2-3x slower), 1 for a few states.
-#ifndef QUFLOW_LANES
-#define QUFLOW_LANES 4
-#endif
+/// Lane widths (states per block). kNarrowLanes fill one 32-byte AVX2 register (4 doubles,
+/// 8 floats); kWideLanes are two registers: two independent dependency chains per grid
+/// point, which hides the latency of the Thomas recurrences (forward steps and the adjoint
+/// with a control: ~1.3–1.9× faster), at the price of register pressure (the adjoint of a
+/// constant Hamiltonian: ~1.4× slower, so it keeps kNarrowLanes). Measured with
+/// `make bench-cpp`.
 template <class T>
-constexpr int kWideLanes = QUFLOW_LANES * int(sizeof(double) / sizeof(T));
+constexpr int kNarrowLanes = 4 * int(sizeof(double) / sizeof(T));
+template <class T>
+constexpr int kWideLanes = 2 * kNarrowLanes<T>;
 
 }  // namespace quflow

@@ -180,6 +180,15 @@ void backward_w(const System<T>& sys, const std::complex<T>* states, bool states
     std::copy(acc_u[0].data(), acc_u[0].data() + sys.steps, grads.control);
 }
 
+/// Block width for a batch: `preferred` when the batch fills it, one register's worth for
+/// smaller batches of at least half a register, else single states.
+template <class T>
+int lanes_for(Index batch, int preferred) {
+  if (batch >= preferred) return preferred;
+  if (batch >= kNarrowLanes<T> / 2) return kNarrowLanes<T>;
+  return 1;
+}
+
 }  // namespace
 
 const char* kernel_isa() { return use_avx2() ? "avx2" : "baseline"; }
@@ -190,10 +199,11 @@ void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<
   sys.check();
   QUFLOW_CHECK(psi0 != nullptr && out != nullptr, "psi0 and out must not be null");
   QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
-  if (sys.batch >= kWideLanes<T> / 2)
-    forward_w<T, kWideLanes<T>>(sys, psi0, out, trajectory, threads);
-  else
-    forward_w<T, 1>(sys, psi0, out, trajectory, threads);
+  switch (lanes_for<T>(sys.batch, kWideLanes<T>)) {
+    case kWideLanes<T>: return forward_w<T, kWideLanes<T>>(sys, psi0, out, trajectory, threads);
+    case kNarrowLanes<T>: return forward_w<T, kNarrowLanes<T>>(sys, psi0, out, trajectory, threads);
+    default: return forward_w<T, 1>(sys, psi0, out, trajectory, threads);
+  }
 }
 
 template <class T>
@@ -207,10 +217,16 @@ void cn_backward(const System<T>& sys, const std::complex<T>* states, bool state
   QUFLOW_CHECK(!grads.control_shape || sys.control_rows > 0,
                "control_shape gradient requested without control");
   QUFLOW_CHECK(!grad_full || states_full, "a trajectory cotangent needs the stored states");
-  if (sys.batch >= kWideLanes<T> / 2)
-    backward_w<T, kWideLanes<T>>(sys, states, states_full, grad_out, grad_full, grads, threads);
-  else
-    backward_w<T, 1>(sys, states, states_full, grad_out, grad_full, grads, threads);
+  const int preferred = sys.constant_hamiltonian() ? kNarrowLanes<T> : kWideLanes<T>;
+  switch (lanes_for<T>(sys.batch, preferred)) {
+    case kWideLanes<T>:
+      return backward_w<T, kWideLanes<T>>(sys, states, states_full, grad_out, grad_full, grads,
+                                          threads);
+    case kNarrowLanes<T>:
+      return backward_w<T, kNarrowLanes<T>>(sys, states, states_full, grad_out, grad_full,
+                                            grads, threads);
+    default: return backward_w<T, 1>(sys, states, states_full, grad_out, grad_full, grads, threads);
+  }
 }
 
 template void cn_forward<float>(const System<float>&, const std::complex<float>*,
