@@ -43,7 +43,7 @@ def real_dtype_of(name: str, x: torch.Tensor) -> torch.dtype:
 
 
 def real_tensor(name: str, x: object, dtype: torch.dtype, ndims: tuple[int, ...]) -> torch.Tensor:
-    """A finite real tensor of exactly ``dtype`` with ``x.ndim in ndims``."""
+    """A real tensor of exactly ``dtype`` with ``x.ndim in ndims`` (values not checked)."""
     x = tensor(name, x)
     if x.dtype != dtype:
         hint = f"; convert it with .to({dtype})" if x.dtype.is_floating_point else ""
@@ -52,7 +52,6 @@ def real_tensor(name: str, x: object, dtype: torch.dtype, ndims: tuple[int, ...]
     if x.ndim not in ndims:
         want = " or ".join(f"{d}-D" for d in ndims)
         raise ValueError(f"{name}: expected a {want} tensor, got shape {tuple(x.shape)}")
-    finite(name, x)
     return x
 
 
