@@ -47,13 +47,14 @@ struct Problem {
   }
 };
 
-// Goals in M point-steps/s (one thread, AVX2, double; float doubles them for batches):
-// a batch fills SIMD lanes, a single state is bound by the recurrences' latency.
+// Goals in M point-steps/s (one thread, AVX2). A batch fills the SIMD lanes (float holds
+// twice as many as double); a single state is bound by the recurrences' latency.
 double goal_mpts(bool control, bool backward, int64_t batch, bool single) {
-  double g = batch == 1 ? (control ? 25.0 : 35.0) : (control ? 130.0 : 230.0);
-  if (backward) g *= control ? 0.85 : 0.8;
-  return single && batch > 1 ? 1.8 * g : g;
+  if (batch == 1) return control ? (backward ? 22.0 : 28.0) : (backward ? 35.0 : 40.0);
+  const double g = control ? (backward ? 150.0 : 250.0) : (backward ? 180.0 : 400.0);
+  return single ? 1.8 * g : g;
 }
+
 template <class T, bool kControl, bool kBackward>
 void BM_CrankNicolson(benchmark::State& state) {
   const auto batch = state.range(0), n = state.range(1), steps = state.range(2);
