@@ -243,6 +243,16 @@ class Block {
     iw_i = -wi * inv_den;
   }
 
+  /// One forward-elimination step v ← r/w + m·v (complex, every lane), 1/w = iw.
+  static void eliminate(const V& iw_r, const V& iw_i, const V& mr, const V& mi, const V& rr,
+                        const V& ri, V& v_r, V& v_i) {
+    const V ar = iw_r * rr - iw_i * ri, ai = iw_r * ri + iw_i * rr;
+    const V vr = ar + mr * v_r - mi * v_i;
+    const V vi = ai + mr * v_i + mi * v_r;
+    v_r = vr;
+    v_i = vi;
+  }
+
   /// P ← M_{+1}⁻¹ M_{−1} P: one forward step, in place.
   /// With m_j = i·he/w_j the sweeps are v_j = r_j/w_j + m_j v_{j−1} and
   /// x_j = v_j + m_j x_{j+1}: one complex multiply-add on the dependency chain.
@@ -268,16 +278,11 @@ class Block {
         fr_[j] = iw_r;
         fi_[j] = iw_i;
       }
-      const V mr = -he * iw_i, mi = he * iw_r;
-      const V ar = iw_r * rr - iw_i * ri, ai = iw_r * ri + iw_i * rr;
-      const V vr = ar + mr * vp_r - mi * vp_i;
-      const V vi = ai + mr * vp_i + mi * vp_r;
+      eliminate(iw_r, iw_i, -he * iw_i, he * iw_r, rr, ri, vp_r, vp_i);
       op_r = xr;
       op_i = xi;
-      vp_r = vr;
-      vp_i = vi;
-      p_r[j] = vr;
-      p_i[j] = vi;
+      p_r[j] = vp_r;
+      p_i[j] = vp_i;
     }
     for (Index j = n_ - 2; j >= 0; --j) {
       const V mr = -he * fi_[j], mi = he * fr_[j];
@@ -315,28 +320,17 @@ class Block {
           fi_[j] = iw_i;
         }
         const V mr = he * iw_i, mi = -he * iw_r;
-        {
-          const V yr = g_r[j], yi = g_i[j];
-          const V ar = iw_r * yr - iw_i * yi, ai = iw_r * yi + iw_i * yr;
-          const V vr = ar + mr * vg_r - mi * vg_i;
-          const V vi = ai + mr * vg_i + mi * vg_r;
-          vg_r = vr;
-          vg_i = vi;
-          g_r[j] = vr;
-          g_i[j] = vi;
-        }
+        eliminate(iw_r, iw_i, mr, mi, g_r[j], g_i[j], vg_r, vg_i);
+        g_r[j] = vg_r;
+        g_i[j] = vg_i;
         if constexpr (kRebuild) {  // r = M_{+1} ψ_{k+1}
           const V xr = p_r[j], xi = p_i[j];
           const V sr = p_r[j - 1] + p_r[j + 1], si = p_i[j - 1] + p_i[j + 1];
           const V rr = xr - h * d * xi + he * si;
           const V ri = xi + h * d * xr - he * sr;
-          const V ar = iw_r * rr - iw_i * ri, ai = iw_r * ri + iw_i * rr;
-          const V vr = ar + mr * vq_r - mi * vq_i;
-          const V vi = ai + mr * vq_i + mi * vq_r;
-          vq_r = vr;
-          vq_i = vi;
-          q_r[j] = vr;
-          q_i[j] = vi;
+          eliminate(iw_r, iw_i, mr, mi, rr, ri, vq_r, vq_i);
+          q_r[j] = vq_r;
+          q_i[j] = vq_i;
         }
       }
     }
