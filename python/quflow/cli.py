@@ -1,4 +1,9 @@
-"""The ``quflow`` command line: ``quflow reproduce [EXPERIMENT] [--quick|--full] [--out DIR]``."""
+"""The ``quflow`` command line.
+
+``quflow reproduce [toy|prediction|control|all] [--quick|--full] [--seeds N] [--epochs N]
+[--out DIR] [--resume]``; also ``python -m quflow ...``. Under ``torchrun`` the prediction
+and control runs train data-parallel (DDP, gloo); rank 0 writes the results.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from .experiments import toy
+from .experiments import _training, control, prediction, toy
 
-# experiment name -> runner(out_dir, quick=...) -> {method: {"final_loss", ...}}
-EXPERIMENTS = {"toy": toy.run}
+# experiment name -> module with run(out, quick=, ...) -> {method: {"final_loss", ...}}
+EXPERIMENTS = {"toy": toy, "prediction": prediction, "control": control}
+TRAINED = ("prediction", "control")
+
+
+def _positive(name):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="short runs (default)")
     speed.add_argument("--full", dest="quick", action="store_false", help="the paper's lengths")
     rep.add_argument("--out", default="results", help="output directory (default: results)")
+    rep.add_argument("--seeds", type=_positive("--seeds"), default=3,
+                     help="seeds per method for prediction/control (default: 3)")
+    rep.add_argument("--epochs", type=_positive("--epochs"), default=None,
+                     help="epochs per run (default: the mode's; quick 15, full 150)")
+    rep.add_argument("--resume", action="store_true",
+                     help="continue interrupted runs from their last completed epoch")
+    rep.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bars")
     return parser
 
 
@@ -50,19 +76,37 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def reproduce(experiment: str, out: Path, quick: bool) -> dict:
+def reproduce(experiment: str, out: Path, quick: bool, *, seeds: int = 3,
+              epochs: int | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Runs the experiment(s), merges them into ``out/results.json`` and returns them."""
-    out = _writable_dir(Path(out))
+    rank, _ = _training.world()
+    out = _writable_dir(Path(out)) if rank == 0 else Path(out)
     names = list(EXPERIMENTS) if experiment == "all" else [experiment]
+    if resume:  # refuse a directory of another configuration before anything is written
+        for name in names:
+            if name in TRAINED:
+                try:
+                    EXPERIMENTS[name].check_resume(out, quick=quick, seeds=seeds, epochs=epochs)
+                except _training.ConfigMismatch as exc:
+                    raise SystemExit(f"quflow: error: --resume {out}: {exc}") from None
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for name in names:
+        if name == "toy" and rank != 0:
+            continue
         start = time.perf_counter()
-        print(f"== {name} ({'quick' if quick else 'full'}) -> {out}", flush=True)
-        results[name] = EXPERIMENTS[name](out, quick=quick)
-        _write_json_atomic(results_path, results)
-        print(f"   done in {time.perf_counter() - start:.1f} s", flush=True)
-    _print_summary({k: results[k] for k in names})
+        if rank == 0:
+            print(f"== {name} ({'quick' if quick else 'full'}) -> {out}", flush=True)
+        if name in TRAINED:
+            results[name] = EXPERIMENTS[name].run(out, quick=quick, seeds=seeds, epochs=epochs,
+                                                  resume=resume, progress=progress)
+        else:
+            results[name] = EXPERIMENTS[name].run(out, quick=quick)
+        if rank == 0:
+            _write_json_atomic(results_path, results)
+            print(f"   done in {time.perf_counter() - start:.1f} s", flush=True)
+    if rank == 0:
+        _print_summary({k: results[k] for k in names})
     return results
 
 
@@ -71,7 +115,7 @@ def _print_summary(results: dict) -> None:
     print("|---|---|---|---|")
     for exp, methods in results.items():
         for method, r in methods.items():
-            hit = r.get("steps_to_target", "—")
+            hit = r.get("steps_to_target")
             by = r.get("steps_to_target_by_offset")
             if by:
                 hit = f"{hit} (θ₀ = π/2 − δ, δ = {', '.join(by)}: {', '.join(map(str, by.values()))})"
@@ -81,8 +125,18 @@ def _print_summary(results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "reproduce":
-        reproduce(args.experiment, Path(args.out), args.quick)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:  # launched by torchrun: data-parallel training over gloo
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+    try:
+        if args.command == "reproduce":
+            reproduce(args.experiment, Path(args.out), args.quick, seeds=args.seeds,
+                      epochs=args.epochs, resume=args.resume, progress=args.progress)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
     return 0
 
 

@@ -1,0 +1,221 @@
+"""Private training harness shared by the prediction and control experiments.
+
+One *run* = one (experiment, gradient method, seed). A run trains with Adam on mini-batches
+of a fixed training set, evaluates the quantum loss on the training and validation sets
+after every epoch, and checkpoints atomically after every epoch so that ``--resume``
+loses at most the epoch in progress. Under ``torchrun`` (``torch.distributed`` with the
+gloo backend) every mini-batch is split across the ranks and DDP averages the gradients,
+which equals one process on the same data and seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    experiment: str
+    method: str
+    seed: int
+    epochs: int
+    lr: float
+    batch_size: int
+    extra: tuple = ()  # experiment-specific settings that a resumed run must share
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["extra"] = [list(x) for x in self.extra]
+        return d
+
+
+class ConfigMismatch(Exception):
+    """A checkpoint to resume from was written by a different configuration."""
+
+
+def world() -> tuple[int, int]:
+    """(rank, world_size); (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def save_atomic(obj, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def check_resumable(cfg: RunConfig, path: Path) -> None:
+    """Raises ConfigMismatch if ``path`` holds a checkpoint of another configuration."""
+    if path.exists():
+        saved = torch.load(path, weights_only=False)["config"]
+        if saved != cfg.as_dict():
+            diff = {k: (saved.get(k), v) for k, v in cfg.as_dict().items() if saved.get(k) != v}
+            raise ConfigMismatch(f"{path.name}: written by a different configuration "
+                                 f"(saved vs now: {diff})")
+
+
+def train(cfg: RunConfig, make_model: Callable[[], nn.Module],
+          batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, str], torch.Tensor],
+          train_set: tuple[torch.Tensor, torch.Tensor], val_set: tuple[torch.Tensor, torch.Tensor],
+          ckpt: Path | None, resume: bool, progress: bool = True) -> dict:
+    """Trains one run; returns ``{"train": [...], "val": [...]}`` (quantum loss per epoch,
+    index 0 = before training).
+
+    ``batch_loss(model, x, y, gradient)`` returns the mean quantum loss of a mini-batch,
+    backpropagating with the given gradient method.
+    """
+    rank, size = world()
+    torch.manual_seed(cfg.seed)
+    model = make_model()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    shuffle = torch.Generator().manual_seed(cfg.seed + 1)
+    curves = {"train": [], "val": []}
+    start = 0
+    if resume and ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        if state["config"] != cfg.as_dict():
+            raise ConfigMismatch(f"{ckpt.name}: written by a different configuration")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        shuffle.set_state(state["shuffle"])
+        curves, start = state["curves"], state["epoch"]
+    ddp = nn.parallel.DistributedDataParallel(model) if size > 1 else model
+
+    def evaluate() -> tuple[float, float]:
+        with torch.no_grad():
+            return tuple(batch_loss(model, x, y, "standard").item() for x, y in (train_set, val_set))
+
+    if start == 0:
+        tr, va = evaluate()
+        curves["train"].append(tr)
+        curves["val"].append(va)
+    x_all, y_all = train_set
+    n = x_all.shape[0]
+    epochs = range(start, cfg.epochs)
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=start, leave=False, dynamic_ncols=True,
+                   desc=f"{cfg.experiment} {cfg.method} seed {cfg.seed}")
+    for epoch in epochs:
+        order = torch.randperm(n, generator=shuffle)
+        for first in range(0, n, cfg.batch_size):
+            idx = order[first:first + cfg.batch_size][rank::size]  # this rank's share
+            opt.zero_grad()
+            batch_loss(ddp, x_all[idx], y_all[idx], cfg.method).backward()
+            opt.step()
+        tr, va = evaluate()
+        curves["train"].append(tr)
+        curves["val"].append(va)
+        if ckpt is not None and rank == 0:
+            save_atomic({"config": cfg.as_dict(), "epoch": epoch + 1, "model": model.state_dict(),
+                         "optim": opt.state_dict(), "shuffle": shuffle.get_state(),
+                         "curves": curves}, ckpt)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(train=f"{tr:.3g}", val=f"{va:.3g}")
+    if bar is not None:
+        bar.close()
+    return curves
+
+
+def mlp(inputs: int, outputs: int, hidden: int) -> nn.Sequential:
+    """Fully connected, two hidden tanh layers, float64."""
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                         nn.Linear(hidden, outputs)).double()
+
+
+def smooth(values: list[float], window: int = 10) -> list[float]:
+    """Trailing moving average over up to ``window`` epochs."""
+    out, acc = [], 0.0
+    for i, v in enumerate(values):
+        acc += v
+        if i >= window:
+            acc -= values[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def run_suite(name: str, out: Path, *, methods, seeds: int, epochs: int, lr: float,
+              batch_size: int, extra: tuple, make_model, batch_loss, train_set, val_set,
+              resume: bool, progress: bool = True, check_only: bool = False) -> dict | None:
+    """All (method, seed) runs of one experiment: checkpoints in ``out/checkpoints``, curves
+    in ``out/<name>.csv``, the figure ``out/<name>.png``; returns the results.json entry."""
+    import csv
+    import statistics
+
+    rank, size = world()
+    if batch_size % size:
+        raise ValueError(f"{name}: mini-batch {batch_size} does not split evenly over "
+                         f"{size} processes")
+    ckpt_dir = out / "checkpoints"
+    configs = [RunConfig(name, m, s, epochs, lr, batch_size, extra)
+               for m in methods for s in range(seeds)]
+    paths = {c: ckpt_dir / f"{name}-{c.method}-seed{c.seed}.pt" for c in configs}
+    if resume:  # refuse before any run writes anything
+        for c in configs:
+            check_resumable(c, paths[c])
+    if check_only:
+        return None
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    curves = {c: train(c, make_model, batch_loss, train_set, val_set, paths[c], resume, progress)
+              for c in configs}
+    results = {}
+    for m in methods:
+        runs = [c for c in configs if c.method == m]
+        finals = [curves[c]["val"][-1] for c in runs]
+        results[m] = {
+            "final_loss": statistics.fmean(finals),
+            "final_loss_std": statistics.pstdev(finals),
+            "seeds": [c.seed for c in runs],
+            "final_loss_per_seed": finals,
+            "final_train_loss": statistics.fmean(curves[c]["train"][-1] for c in runs),
+            "epochs": epochs,
+        }
+    if rank == 0:
+        with open(out / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["method", "seed", "epoch", "train_loss", "val_loss"])
+            for c in configs:
+                for e, (tr, va) in enumerate(zip(curves[c]["train"], curves[c]["val"])):
+                    w.writerow([c.method, c.seed, e, f"{tr:.8g}", f"{va:.8g}"])
+        _plot(name, {c: curves[c] for c in configs}, methods, out / f"{name}.png")
+    return results
+
+
+def _plot(name: str, curves: dict, methods, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"standard": "tab:blue", "l2": "tab:orange", "modified": "tab:green"}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, split in zip(axes, ("train", "val")):
+        for m in methods:
+            runs = [c for c in curves if c.method == m]
+            for c in runs:
+                ax.plot(smooth(curves[c][split]), color=colors[m], alpha=0.25, lw=0.8)
+            mean = [sum(v) / len(v) for v in zip(*(curves[c][split] for c in runs))]
+            ax.plot(smooth(mean), color=colors[m], lw=2, label=m)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{name}: {'training' if split == 'train' else 'validation'} set")
+    axes[0].set_ylabel("quantum loss 1 − |⟨ψ, φ⟩|² (10-epoch mean)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
