@@ -65,6 +65,15 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeyp
     assert resumed == full
 
 
+def test_optimizer_and_lr_are_part_of_the_configuration(tmp_path):
+    _reproduce("control", "--seeds", "1", "--epochs", "1", "--optimizer", "sgd", "--lr", "0.1",
+               "--out", str(tmp_path))
+    saved = torch.load(tmp_path / "checkpoints" / "control-l2-seed0.pt", weights_only=False)
+    assert saved["config"]["optimizer"] == "sgd" and saved["config"]["lr"] == 0.1
+    with pytest.raises(SystemExit, match="different configuration"):
+        _reproduce("control", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path), "--resume")
+
+
 def test_resume_refuses_a_directory_of_another_configuration(tmp_path, capsys):
     _reproduce("control", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path))
     before = (tmp_path / "results.json").read_bytes()
@@ -78,6 +87,9 @@ def test_resume_refuses_a_directory_of_another_configuration(tmp_path, capsys):
     (["toy", "--seeds", "0"], "--seeds must be >= 1"),
     (["toy", "--epochs", "-3"], "--epochs must be >= 1"),
     (["toy", "--epochs", "x"], "--epochs must be an integer"),
+    (["toy", "--lr", "0"], "--lr must be a finite number > 0"),
+    (["toy", "--lr", "nan"], "--lr must be a finite number > 0"),
+    (["toy", "--optimizer", "lbfgs"], "invalid choice"),
 ])
 def test_bad_command_lines_exit_non_zero(args, msg, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -34,6 +35,16 @@ def _positive(name):
     return parse
 
 
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lr must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"--lr must be a finite number > 0, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quflow", description="quflow: learning through differentiable quantum simulation")
@@ -46,12 +57,17 @@ def _parser() -> argparse.ArgumentParser:
     speed = rep.add_mutually_exclusive_group()
     speed.add_argument("--quick", dest="quick", action="store_true", default=True,
                        help="short runs (default)")
-    speed.add_argument("--full", dest="quick", action="store_false", help="the paper's lengths")
+    speed.add_argument("--full", dest="quick", action="store_false",
+                       help="long runs (150 epochs; ~10 min on 2 cores)")
     rep.add_argument("--out", default="results", help="output directory (default: results)")
     rep.add_argument("--seeds", type=_positive("--seeds"), default=3,
                      help="seeds per method for prediction/control (default: 3)")
     rep.add_argument("--epochs", type=_positive("--epochs"), default=None,
                      help="epochs per run (default: the mode's; quick 15, full 150)")
+    rep.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                     help="optimiser for prediction/control (default: adam, as the paper)")
+    rep.add_argument("--lr", type=_positive_float, default=None,
+                     help="learning rate (default: the paper's 0.005)")
     rep.add_argument("--resume", action="store_true",
                      help="continue interrupted runs from their last completed epoch")
     rep.add_argument("--no-progress", dest="progress", action="store_false",
@@ -73,11 +89,13 @@ def _write_json_atomic(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
+    _training.readable(tmp)
     os.replace(tmp, path)
 
 
 def reproduce(experiment: str, out: Path, quick: bool, *, seeds: int = 3,
-              epochs: int | None = None, resume: bool = False, progress: bool = True) -> dict:
+              epochs: int | None = None, resume: bool = False, progress: bool = True,
+              optimizer: str = "adam", lr: float | None = None) -> dict:
     """Runs the experiment(s), merges them into ``out/results.json`` and returns them."""
     rank, _ = _training.world()
     out = _writable_dir(Path(out)) if rank == 0 else Path(out)
@@ -86,7 +104,8 @@ def reproduce(experiment: str, out: Path, quick: bool, *, seeds: int = 3,
         for name in names:
             if name in TRAINED:
                 try:
-                    EXPERIMENTS[name].check_resume(out, quick=quick, seeds=seeds, epochs=epochs)
+                    EXPERIMENTS[name].check_resume(out, quick=quick, seeds=seeds, epochs=epochs,
+                                                   optimizer=optimizer, lr=lr)
                 except _training.ConfigMismatch as exc:
                     raise SystemExit(f"quflow: error: --resume {out}: {exc}") from None
     results_path = out / "results.json"
@@ -99,7 +118,8 @@ def reproduce(experiment: str, out: Path, quick: bool, *, seeds: int = 3,
             print(f"== {name} ({'quick' if quick else 'full'}) -> {out}", flush=True)
         if name in TRAINED:
             results[name] = EXPERIMENTS[name].run(out, quick=quick, seeds=seeds, epochs=epochs,
-                                                  resume=resume, progress=progress)
+                                                  resume=resume, progress=progress,
+                                                  optimizer=optimizer, lr=lr)
         else:
             results[name] = EXPERIMENTS[name].run(out, quick=quick)
         if rank == 0:
@@ -133,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "reproduce":
             reproduce(args.experiment, Path(args.out), args.quick, seeds=args.seeds,
-                      epochs=args.epochs, resume=args.resume, progress=args.progress)
+                      epochs=args.epochs, resume=args.resume, progress=args.progress,
+                      optimizer=args.optimizer, lr=args.lr)
     finally:
         if distributed:
             dist.destroy_process_group()

@@ -30,6 +30,7 @@ class RunConfig:
     lr: float
     batch_size: int
     extra: tuple = ()  # experiment-specific settings that a resumed run must share
+    optimizer: str = "adam"  # "adam" (the paper's) or "sgd" (plain, for comparison)
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -48,10 +49,19 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def readable(path) -> None:
+    """Give a mkstemp file (0600) the permissions of an ordinary new file (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: never a torn file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     torch.save(obj, tmp)
+    readable(tmp)
     os.replace(tmp, path)
 
 
@@ -78,7 +88,8 @@ def train(cfg: RunConfig, make_model: Callable[[], nn.Module],
     rank, size = world()
     torch.manual_seed(cfg.seed)
     model = make_model()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(model.parameters(),
+                                                                            lr=cfg.lr)
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
     curves = {"train": [], "val": []}
     start = 0
@@ -150,7 +161,8 @@ def smooth(values: list[float], window: int = 10) -> list[float]:
 
 def run_suite(name: str, out: Path, *, methods, seeds: int, epochs: int, lr: float,
               batch_size: int, extra: tuple, make_model, batch_loss, train_set, val_set,
-              resume: bool, progress: bool = True, check_only: bool = False) -> dict | None:
+              resume: bool, progress: bool = True, check_only: bool = False,
+              optimizer: str = "adam") -> dict | None:
     """All (method, seed) runs of one experiment: checkpoints in ``out/checkpoints``, curves
     in ``out/<name>.csv``, the figure ``out/<name>.png``; returns the results.json entry."""
     import csv
@@ -161,7 +173,7 @@ def run_suite(name: str, out: Path, *, methods, seeds: int, epochs: int, lr: flo
         raise ValueError(f"{name}: mini-batch {batch_size} does not split evenly over "
                          f"{size} processes")
     ckpt_dir = out / "checkpoints"
-    configs = [RunConfig(name, m, s, epochs, lr, batch_size, extra)
+    configs = [RunConfig(name, m, s, epochs, lr, batch_size, extra, optimizer)
                for m in methods for s in range(seeds)]
     paths = {c: ckpt_dir / f"{name}-{c.method}-seed{c.seed}.pt" for c in configs}
     if resume:  # refuse before any run writes anything

@@ -43,28 +43,32 @@ def batch_loss(model, x, y, gradient):
     return fidelity_loss(model(x), y, gradient=gradient)
 
 
-def _suite(out, quick, seeds, epochs, resume, progress, check_only=False):
+def _suite(out, quick, seeds, epochs, resume, progress, check_only=False, optimizer="adam",
+           lr=None):
     epochs = epochs or EPOCHS["quick" if quick else "full"]
     train_set, val_set = make_data()
     return _training.run_suite(
-        "prediction", Path(out), methods=GRADIENTS, seeds=seeds, epochs=epochs, lr=LR,
+        "prediction", Path(out), methods=GRADIENTS, seeds=seeds, epochs=epochs, lr=lr or LR,
         batch_size=BATCH, extra=(("hidden", HIDDEN), ("modes", MODES)),
         make_model=lambda: _training.mlp(2 * N, 2 * N, HIDDEN), batch_loss=batch_loss,
         train_set=train_set, val_set=val_set, resume=resume, progress=progress,
-        check_only=check_only)
+        check_only=check_only, optimizer=optimizer)
 
 
 def run(out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None,
-        resume: bool = False, progress: bool = True) -> dict:
+        resume: bool = False, progress: bool = True, optimizer: str = "adam",
+        lr: float | None = None) -> dict:
     """All three gradient methods × ``seeds`` runs; writes CSV, PNG and checkpoints to ``out``.
 
     Returns ``{method: {"final_loss", "final_loss_std", "seeds", "final_loss_per_seed",
     "final_train_loss", "epochs"}}``: validation quantum loss after the last epoch, mean
-    and population standard deviation over seeds.
+    and population standard deviation over seeds. ``optimizer``/``lr`` override the
+    paper's Adam and learning rate (for comparisons, e.g. plain SGD).
     """
-    return _suite(out, quick, seeds, epochs, resume, progress)
+    return _suite(out, quick, seeds, epochs, resume, progress, optimizer=optimizer, lr=lr)
 
 
-def check_resume(out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None) -> None:
+def check_resume(out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None,
+                 optimizer: str = "adam", lr: float | None = None) -> None:
     """Raises ``_training.ConfigMismatch`` if ``out`` holds checkpoints of another setup."""
-    _suite(out, quick, seeds, epochs, True, False, check_only=True)
+    _suite(out, quick, seeds, epochs, True, False, check_only=True, optimizer=optimizer, lr=lr)
