@@ -90,11 +90,19 @@ def test_resume_refuses_a_directory_of_another_configuration(tmp_path, capsys):
     (["toy", "--lr", "0"], "--lr must be a finite number > 0"),
     (["toy", "--lr", "nan"], "--lr must be a finite number > 0"),
     (["toy", "--optimizer", "lbfgs"], "invalid choice"),
+    (["toy", "--modes", "0"], "--modes must be >= 1"),
 ])
 def test_bad_command_lines_exit_non_zero(args, msg, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["reproduce", *args])
     assert exc.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_modes_beyond_the_grid_are_refused(tmp_path):
+    with pytest.raises(SystemExit, match="the grid has 20 eigenstates"):
+        _reproduce("prediction", "--modes", "21", "--out", str(tmp_path))
+    (x, _), _ = prediction.make_data(modes=20)
+    assert x.shape == (10_000, 40)
 
 
 def test_unwritable_output_directory(tmp_path):

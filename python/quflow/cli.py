@@ -68,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="optimiser for prediction/control (default: adam, as the paper)")
     rep.add_argument("--lr", type=_positive_float, default=None,
                      help="learning rate (default: the paper's 0.005)")
+    rep.add_argument("--modes", type=_positive("--modes"), default=None,
+                     help="initial states mix the lowest N of the 20 box eigenstates (default: 5)")
     rep.add_argument("--resume", action="store_true",
                      help="continue interrupted runs from their last completed epoch")
     rep.add_argument("--no-progress", dest="progress", action="store_false",
@@ -95,17 +97,20 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 def reproduce(experiment: str, out: Path, quick: bool, *, seeds: int = 3,
               epochs: int | None = None, resume: bool = False, progress: bool = True,
-              optimizer: str = "adam", lr: float | None = None) -> dict:
+              optimizer: str = "adam", lr: float | None = None,
+              modes: int | None = None) -> dict:
     """Runs the experiment(s), merges them into ``out/results.json`` and returns them."""
     rank, _ = _training.world()
     out = _writable_dir(Path(out)) if rank == 0 else Path(out)
     names = list(EXPERIMENTS) if experiment == "all" else [experiment]
+    if modes is not None and modes > 20:
+        raise SystemExit(f"quflow: error: --modes {modes}: the grid has 20 eigenstates")
     if resume:  # refuse a directory of another configuration before anything is written
         for name in names:
             if name in TRAINED:
                 try:
                     EXPERIMENTS[name].check_resume(out, quick=quick, seeds=seeds, epochs=epochs,
-                                                   optimizer=optimizer, lr=lr)
+                                                   optimizer=optimizer, lr=lr, modes=modes)
                 except _training.ConfigMismatch as exc:
                     raise SystemExit(f"quflow: error: --resume {out}: {exc}") from None
     results_path = out / "results.json"
@@ -119,7 +124,7 @@ def reproduce(experiment: str, out: Path, quick: bool, *, seeds: int = 3,
         if name in TRAINED:
             results[name] = EXPERIMENTS[name].run(out, quick=quick, seeds=seeds, epochs=epochs,
                                                   resume=resume, progress=progress,
-                                                  optimizer=optimizer, lr=lr)
+                                                  optimizer=optimizer, lr=lr, modes=modes)
         else:
             results[name] = EXPERIMENTS[name].run(out, quick=quick)
         if rank == 0:
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reproduce":
             reproduce(args.experiment, Path(args.out), args.quick, seeds=args.seeds,
                       epochs=args.epochs, resume=args.resume, progress=args.progress,
-                      optimizer=args.optimizer, lr=args.lr)
+                      optimizer=args.optimizer, lr=args.lr, modes=args.modes)
     finally:
         if distributed:
             dist.destroy_process_group()

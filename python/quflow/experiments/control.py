@@ -28,9 +28,10 @@ EPOCHS = {"quick": 15, "full": 150}
 _GRID = Grid(N, LENGTH)
 
 
-def make_data(seed: int = 2024):
-    """(train, validation): ``x`` = to_real(ψ_0) ``(states, 40)``, ``y`` = the target per state."""
-    psi0 = random_states(_GRID, TRAIN_STATES + VAL_STATES, seed=seed, modes=MODES)
+def make_data(seed: int = 2024, modes: int = MODES):
+    """(train, validation): ``x`` = to_real(ψ_0) ``(states, 40)``, ``y`` = the target per
+    state; initial states mix the lowest ``modes`` box eigenstates."""
+    psi0 = random_states(_GRID, TRAIN_STATES + VAL_STATES, seed=seed, modes=modes)
     target = _GRID.eigenstates(1)[0].expand_as(psi0)
     x, y = to_real(psi0), to_real(target)
     return (x[:TRAIN_STATES], y[:TRAIN_STATES]), (x[TRAIN_STATES:], y[TRAIN_STATES:])
@@ -43,12 +44,13 @@ def batch_loss(model, x, y, gradient):
 
 
 def _suite(out, quick, seeds, epochs, resume, progress, check_only=False, optimizer="adam",
-           lr=None):
+           lr=None, modes=None):
     epochs = epochs or EPOCHS["quick" if quick else "full"]
-    train_set, val_set = make_data()
+    modes = modes or MODES
+    train_set, val_set = make_data(modes=modes)
     return _training.run_suite(
         "control", Path(out), methods=GRADIENTS, seeds=seeds, epochs=epochs, lr=lr or LR,
-        batch_size=BATCH, extra=(("hidden", HIDDEN), ("modes", MODES), ("steps", STEPS)),
+        batch_size=BATCH, extra=(("hidden", HIDDEN), ("modes", modes), ("steps", STEPS)),
         make_model=lambda: _training.mlp(2 * N, STEPS, HIDDEN), batch_loss=batch_loss,
         train_set=train_set, val_set=val_set, resume=resume, progress=progress,
         check_only=check_only, optimizer=optimizer)
@@ -56,18 +58,22 @@ def _suite(out, quick, seeds, epochs, resume, progress, check_only=False, optimi
 
 def run(out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None,
         resume: bool = False, progress: bool = True, optimizer: str = "adam",
-        lr: float | None = None) -> dict:
+        lr: float | None = None, modes: int | None = None) -> dict:
     """All three gradient methods × ``seeds`` runs; writes CSV, PNG and checkpoints to ``out``.
 
     Returns ``{method: {"final_loss", "final_loss_std", "seeds", "final_loss_per_seed",
     "final_train_loss", "epochs"}}``: validation quantum loss after the last epoch, mean
     and population standard deviation over seeds. ``optimizer``/``lr`` override the
-    paper's Adam and learning rate (for comparisons, e.g. plain SGD).
+    paper's Adam and learning rate (for comparisons, e.g. plain SGD); ``modes`` changes
+    the initial-state distribution (lowest ``modes`` of the 20 box eigenstates; default 5).
     """
-    return _suite(out, quick, seeds, epochs, resume, progress, optimizer=optimizer, lr=lr)
+    return _suite(out, quick, seeds, epochs, resume, progress, optimizer=optimizer, lr=lr,
+                  modes=modes)
 
 
 def check_resume(out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None,
-                 optimizer: str = "adam", lr: float | None = None) -> None:
+                 optimizer: str = "adam", lr: float | None = None,
+                 modes: int | None = None) -> None:
     """Raises ``_training.ConfigMismatch`` if ``out`` holds checkpoints of another setup."""
-    _suite(out, quick, seeds, epochs, True, False, check_only=True, optimizer=optimizer, lr=lr)
+    _suite(out, quick, seeds, epochs, True, False, check_only=True, optimizer=optimizer, lr=lr,
+           modes=modes)

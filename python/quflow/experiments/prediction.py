@@ -27,10 +27,11 @@ LR, BATCH = 0.005, 200
 EPOCHS = {"quick": 15, "full": 150}
 
 
-def make_data(seed: int = 2023) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """(train, validation) pairs ``(x, y)``, each real ``(pairs, 40)`` in the to_real layout."""
+def make_data(seed: int = 2023, modes: int = MODES):
+    """(train, validation) pairs ``(x, y)``, each real ``(pairs, 40)`` in the to_real layout;
+    initial states mix the lowest ``modes`` box eigenstates."""
     grid = Grid(N, LENGTH)
-    psi0 = random_states(grid, TRAIN_STATES + VAL_STATES, seed=seed, modes=MODES)
+    psi0 = random_states(grid, TRAIN_STATES + VAL_STATES, seed=seed, modes=modes)
     traj = crank_nicolson(psi0, dt=DT, dx=grid.dx, steps=STEPS, trajectory=True)  # (125, 101, 20)
 
     def pairs(t):
@@ -44,12 +45,13 @@ def batch_loss(model, x, y, gradient):
 
 
 def _suite(out, quick, seeds, epochs, resume, progress, check_only=False, optimizer="adam",
-           lr=None):
+           lr=None, modes=None):
     epochs = epochs or EPOCHS["quick" if quick else "full"]
-    train_set, val_set = make_data()
+    modes = modes or MODES
+    train_set, val_set = make_data(modes=modes)
     return _training.run_suite(
         "prediction", Path(out), methods=GRADIENTS, seeds=seeds, epochs=epochs, lr=lr or LR,
-        batch_size=BATCH, extra=(("hidden", HIDDEN), ("modes", MODES)),
+        batch_size=BATCH, extra=(("hidden", HIDDEN), ("modes", modes)),
         make_model=lambda: _training.mlp(2 * N, 2 * N, HIDDEN), batch_loss=batch_loss,
         train_set=train_set, val_set=val_set, resume=resume, progress=progress,
         check_only=check_only, optimizer=optimizer)
@@ -57,18 +59,22 @@ def _suite(out, quick, seeds, epochs, resume, progress, check_only=False, optimi
 
 def run(out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None,
         resume: bool = False, progress: bool = True, optimizer: str = "adam",
-        lr: float | None = None) -> dict:
+        lr: float | None = None, modes: int | None = None) -> dict:
     """All three gradient methods × ``seeds`` runs; writes CSV, PNG and checkpoints to ``out``.
 
     Returns ``{method: {"final_loss", "final_loss_std", "seeds", "final_loss_per_seed",
     "final_train_loss", "epochs"}}``: validation quantum loss after the last epoch, mean
     and population standard deviation over seeds. ``optimizer``/``lr`` override the
-    paper's Adam and learning rate (for comparisons, e.g. plain SGD).
+    paper's Adam and learning rate (for comparisons, e.g. plain SGD); ``modes`` changes
+    the initial-state distribution (lowest ``modes`` of the 20 box eigenstates; default 5).
     """
-    return _suite(out, quick, seeds, epochs, resume, progress, optimizer=optimizer, lr=lr)
+    return _suite(out, quick, seeds, epochs, resume, progress, optimizer=optimizer, lr=lr,
+                  modes=modes)
 
 
 def check_resume(out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None,
-                 optimizer: str = "adam", lr: float | None = None) -> None:
+                 optimizer: str = "adam", lr: float | None = None,
+                 modes: int | None = None) -> None:
     """Raises ``_training.ConfigMismatch`` if ``out`` holds checkpoints of another setup."""
-    _suite(out, quick, seeds, epochs, True, False, check_only=True, optimizer=optimizer, lr=lr)
+    _suite(out, quick, seeds, epochs, True, False, check_only=True, optimizer=optimizer, lr=lr,
+           modes=modes)
