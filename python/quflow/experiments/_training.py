@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..fidelity import GRADIENTS
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -231,3 +233,48 @@ def _plot(name: str, curves: dict, methods, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """One trained experiment of the paper: its data, loss and network (a two-hidden-layer
+    MLP ``inputs → hidden → hidden → outputs``), and the paper's optimiser settings."""
+
+    name: str
+    make_data: Callable  # make_data(modes=) -> ((x, y) train, (x, y) validation)
+    batch_loss: Callable  # batch_loss(model, x, y, gradient) -> mean quantum loss
+    inputs: int
+    outputs: int
+    hidden: int
+    lr: float
+    batch_size: int
+    epochs: dict  # {"quick": ..., "full": ...}
+    modes: int  # default initial-state distribution: lowest `modes` box eigenstates
+    extra: tuple = ()
+
+    def run(self, out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None,
+            resume: bool = False, progress: bool = True, optimizer: str = "adam",
+            lr: float | None = None, modes: int | None = None,
+            check_only: bool = False) -> dict | None:
+        """All three gradient methods × ``seeds`` runs; writes CSV, PNG and checkpoints.
+
+        Returns ``{method: {"final_loss", "final_loss_std", "seeds", "final_loss_per_seed",
+        "final_train_loss", "epochs"}}``: validation quantum loss after the last epoch, mean
+        and population standard deviation over seeds. ``optimizer``/``lr`` override the
+        paper's Adam and learning rate (for comparisons, e.g. plain SGD); ``modes`` changes
+        the initial-state distribution. All of them belong to a run's configuration.
+        """
+        modes = modes or self.modes
+        train_set, val_set = self.make_data(modes=modes)
+        return run_suite(
+            self.name, Path(out), methods=GRADIENTS, seeds=seeds,
+            epochs=epochs or self.epochs["quick" if quick else "full"], lr=lr or self.lr,
+            batch_size=self.batch_size, extra=(("hidden", self.hidden), ("modes", modes),
+                                               *self.extra),
+            make_model=lambda: mlp(self.inputs, self.outputs, self.hidden),
+            batch_loss=self.batch_loss, train_set=train_set, val_set=val_set, resume=resume,
+            progress=progress, check_only=check_only, optimizer=optimizer)
+
+    def check_resume(self, out: Path, **settings) -> None:
+        """Raises ConfigMismatch if ``out`` holds checkpoints of another configuration."""
+        self.run(out, resume=True, progress=False, check_only=True, **settings)

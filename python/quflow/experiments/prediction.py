@@ -12,11 +12,7 @@ differ only in the gradient they train with.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
-from ..fidelity import GRADIENTS, fidelity_loss, to_real
+from ..fidelity import fidelity_loss, to_real
 from ..grid import Grid, random_states
 from ..schrodinger import crank_nicolson
 from . import _training
@@ -44,37 +40,8 @@ def batch_loss(model, x, y, gradient):
     return fidelity_loss(model(x), y, gradient=gradient)
 
 
-def _suite(out, quick, seeds, epochs, resume, progress, check_only=False, optimizer="adam",
-           lr=None, modes=None):
-    epochs = epochs or EPOCHS["quick" if quick else "full"]
-    modes = modes or MODES
-    train_set, val_set = make_data(modes=modes)
-    return _training.run_suite(
-        "prediction", Path(out), methods=GRADIENTS, seeds=seeds, epochs=epochs, lr=lr or LR,
-        batch_size=BATCH, extra=(("hidden", HIDDEN), ("modes", modes)),
-        make_model=lambda: _training.mlp(2 * N, 2 * N, HIDDEN), batch_loss=batch_loss,
-        train_set=train_set, val_set=val_set, resume=resume, progress=progress,
-        check_only=check_only, optimizer=optimizer)
-
-
-def run(out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None,
-        resume: bool = False, progress: bool = True, optimizer: str = "adam",
-        lr: float | None = None, modes: int | None = None) -> dict:
-    """All three gradient methods × ``seeds`` runs; writes CSV, PNG and checkpoints to ``out``.
-
-    Returns ``{method: {"final_loss", "final_loss_std", "seeds", "final_loss_per_seed",
-    "final_train_loss", "epochs"}}``: validation quantum loss after the last epoch, mean
-    and population standard deviation over seeds. ``optimizer``/``lr`` override the
-    paper's Adam and learning rate (for comparisons, e.g. plain SGD); ``modes`` changes
-    the initial-state distribution (lowest ``modes`` of the 20 box eigenstates; default 5).
-    """
-    return _suite(out, quick, seeds, epochs, resume, progress, optimizer=optimizer, lr=lr,
-                  modes=modes)
-
-
-def check_resume(out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None,
-                 optimizer: str = "adam", lr: float | None = None,
-                 modes: int | None = None) -> None:
-    """Raises ``_training.ConfigMismatch`` if ``out`` holds checkpoints of another setup."""
-    _suite(out, quick, seeds, epochs, True, False, check_only=True, optimizer=optimizer, lr=lr,
-           modes=modes)
+EXPERIMENT = _training.Experiment("prediction", make_data, batch_loss, inputs=2 * N,
+                                  outputs=2 * N, hidden=HIDDEN, lr=LR, batch_size=BATCH,
+                                  epochs=EPOCHS, modes=MODES)
+run = EXPERIMENT.run
+check_resume = EXPERIMENT.check_resume
