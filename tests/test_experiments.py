@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -118,10 +119,13 @@ def test_two_processes_train_like_one(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     common = ["reproduce", "prediction", "--seeds", "1", "--epochs", "2", "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
+    with socket.socket() as sock:  # a free port on the loopback interface
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     subprocess.run([sys.executable, "-m", "quflow", *common, "--out", str(one)], check=True,
                    env=env, capture_output=True)
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_addr", "127.0.0.1", "--master_port", "29541", "-m", "quflow",
+                    "--master_addr", "127.0.0.1", "--master_port", port, "-m", "quflow",
                     *common, "--out", str(two)], check=True, env=env, capture_output=True)
     a = json.loads((one / "results.json").read_text())["prediction"]
     b = json.loads((two / "results.json").read_text())["prediction"]
