@@ -309,3 +309,39 @@ def test_torch_func_transforms_raise_a_clear_error():
 
     with pytest.raises(RuntimeError, match="torch.func"):
         torch.func.grad(f)(torch.randn(8, dtype=torch.float64))
+
+
+_BASELINE_CHECK = """
+import torch, quflow
+from quflow import _core
+from conftest import dense_crank_nicolson, sample_inputs
+assert _core.kernel_isa() == "baseline", _core.kernel_isa()
+worst = 0.0
+for dtype, tol in ((torch.complex128, 1e-11), (torch.complex64, 1e-4)):
+    for case in sample_inputs(dtype, n=12, steps=9, requires_grad=True):
+        inputs = [t for t in (case.psi0, case.potential, case.control, case.control_shape) if t is not None]
+        kw = case.kwargs()
+        out = quflow.crank_nicolson(case.psi0, case.potential, **kw)
+        got = torch.autograd.grad(out.abs().pow(2).mul(torch.arange(12.0)).sum() + out.real.sum(), inputs)
+        ref_in = [t.detach().to(torch.complex128 if t.is_complex() else torch.float64).requires_grad_() for t in inputs]
+        p, v, *rest = ref_in
+        ref = dense_crank_nicolson(p, v, case.dt, case.dx, case.steps, *rest)
+        want = torch.autograd.grad(ref.abs().pow(2).mul(torch.arange(12.0, dtype=torch.float64)).sum() + ref.real.sum(), ref_in)
+        assert (out.to(torch.complex128) - ref).abs().max() < tol, case.name
+        for g, w in zip(got, want):
+            assert (g.to(w.dtype) - w).abs().max() < tol * max(1.0, w.abs().max().item()), case.name
+print("ok")
+"""
+
+
+def test_portable_kernels_agree_with_the_reference():
+    """QUFLOW_ISA=baseline forces the SSE2 fallback kernels (checked here on any CPU)."""
+    import os
+    import subprocess
+    import sys
+
+    here = os.path.dirname(__file__)
+    env = dict(os.environ, QUFLOW_ISA="baseline", PYTHONPATH=here)
+    done = subprocess.run([sys.executable, "-c", _BASELINE_CHECK], env=env, cwd=here,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <exception>
 #include <thread>
 #include <vector>
@@ -17,9 +19,15 @@ namespace {
 template <class T>
 using Vec = Eigen::Array<T, Eigen::Dynamic, 1>;
 
+/// AVX2+FMA kernels when the CPU has them, unless QUFLOW_ISA=baseline asks for the portable
+/// ones (read once; lets the tests check the fallback on any machine).
 bool use_avx2() {
 #if defined(QUFLOW_HAVE_AVX2)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok = [] {
+    const char* want = std::getenv("QUFLOW_ISA");
+    if (want && std::string(want) == "baseline") return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
   return ok;
 #else
   return false;
