@@ -21,7 +21,6 @@ struct KernelShared {
   T two_e = 0; // 2/dx²
   bool constant = false;
   const T* shape = nullptr;   // (n) control shape, zeros without control
-  const T* cbase = nullptr;   // (n) diagonal d_j of a constant H
   const T* cinv_r = nullptr;  // (n) pivots 1/w_j of I + i·h·H for a constant H
   const T* cinv_i = nullptr;
 };

@@ -37,7 +37,7 @@ bool use_avx2() {
 /// Owns the arrays behind KernelShared.
 template <class T>
 struct SharedData {
-  Vec<T> shape, cbase, cinv_r, cinv_i;
+  Vec<T> shape, cinv_r, cinv_i;
   KernelShared<T> view;
 
   explicit SharedData(const System<T>& s) {
@@ -55,20 +55,19 @@ struct SharedData {
     if (v.constant) {
       // Thomas pivots of I + i·h·H, once for all states and steps:
       // w_0 = a_0, w_j = a_j + he²/w_{j−1}, a_j = 1 + i·h·d_j
-      cbase = Eigen::Map<const Vec<T>>(s.potential, n) + v.two_e;
+      const Vec<T> diag = Eigen::Map<const Vec<T>>(s.potential, n) + v.two_e;  // d_j
       cinv_r.resize(n);
       cinv_i.resize(n);
       T pr = 0, pi = 0;  // 1/w_{j−1}
       for (Index j = 0; j < n; ++j) {
         const T wr = T(1) + v.h2e2 * pr;
-        const T wi = v.h * cbase[j] + v.h2e2 * pi;
+        const T wi = v.h * diag[j] + v.h2e2 * pi;
         const T den = wr * wr + wi * wi;
         pr = wr / den;
         pi = -wi / den;
         cinv_r[j] = pr;
         cinv_i[j] = pi;
       }
-      v.cbase = cbase.data();
       v.cinv_r = cinv_r.data();
       v.cinv_i = cinv_i.data();
     }
