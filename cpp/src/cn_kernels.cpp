@@ -169,7 +169,7 @@ class Block {
       rows[l] = l < lanes_ ? src + (b0_ + l) * stride + offset : zeros_;
     const bool full = lanes_ == W;
     for (Index j = 0; j < n_; ++j) {
-      V r, i;
+      V r = {}, i = {};  // every lane is written below; zeroed for the compiler's sake
       if (full) {
         for (int l = 0; l < W; ++l) {
           set_lane(r, l, rows[l][j].real());
