@@ -6,9 +6,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <string>
 #include <exception>
+#include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "cn_kernels.hpp"
@@ -187,13 +188,17 @@ void backward_w(const System<T>& sys, const std::complex<T>* states, bool states
     std::copy(acc_u[0].data(), acc_u[0].data() + sys.steps, grads.control);
 }
 
-/// Block width for a batch: `preferred` when the batch fills it, one register's worth for
-/// smaller batches of at least half a register, else single states.
-template <class T>
-int lanes_for(Index batch, int preferred) {
-  if (batch >= preferred) return preferred;
-  if (batch >= kNarrowLanes<T> / 2) return kNarrowLanes<T>;
-  return 1;
+/// Calls run(std::integral_constant<int, W>) with the block width W for this batch:
+/// `preferred` when the batch fills it, one register's worth for smaller batches of at
+/// least half a register, else single states.
+template <class T, class Run>
+void with_lanes(Index batch, int preferred, Run&& run) {
+  if (batch >= preferred && preferred == kWideLanes<T>)
+    run(std::integral_constant<int, kWideLanes<T>>{});
+  else if (batch >= kNarrowLanes<T> / 2)
+    run(std::integral_constant<int, kNarrowLanes<T>>{});
+  else
+    run(std::integral_constant<int, 1>{});
 }
 
 }  // namespace
@@ -206,11 +211,9 @@ void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<
   sys.check();
   QUFLOW_CHECK(psi0 != nullptr && out != nullptr, "psi0 and out must not be null");
   QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
-  switch (lanes_for<T>(sys.batch, kWideLanes<T>)) {
-    case kWideLanes<T>: return forward_w<T, kWideLanes<T>>(sys, psi0, out, trajectory, threads);
-    case kNarrowLanes<T>: return forward_w<T, kNarrowLanes<T>>(sys, psi0, out, trajectory, threads);
-    default: return forward_w<T, 1>(sys, psi0, out, trajectory, threads);
-  }
+  with_lanes<T>(sys.batch, kWideLanes<T>, [&](auto w) {
+    forward_w<T, decltype(w)::value>(sys, psi0, out, trajectory, threads);
+  });
 }
 
 template <class T>
@@ -225,15 +228,10 @@ void cn_backward(const System<T>& sys, const std::complex<T>* states, bool state
                "control_shape gradient requested without control");
   QUFLOW_CHECK(!grad_full || states_full, "a trajectory cotangent needs the stored states");
   const int preferred = sys.constant_hamiltonian() ? kNarrowLanes<T> : kWideLanes<T>;
-  switch (lanes_for<T>(sys.batch, preferred)) {
-    case kWideLanes<T>:
-      return backward_w<T, kWideLanes<T>>(sys, states, states_full, grad_out, grad_full, grads,
-                                          threads);
-    case kNarrowLanes<T>:
-      return backward_w<T, kNarrowLanes<T>>(sys, states, states_full, grad_out, grad_full,
-                                            grads, threads);
-    default: return backward_w<T, 1>(sys, states, states_full, grad_out, grad_full, grads, threads);
-  }
+  with_lanes<T>(sys.batch, preferred, [&](auto w) {
+    backward_w<T, decltype(w)::value>(sys, states, states_full, grad_out, grad_full, grads,
+                                      threads);
+  });
 }
 
 template void cn_forward<float>(const System<float>&, const std::complex<float>*,

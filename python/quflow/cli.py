@@ -87,14 +87,6 @@ def _writable_dir(path: Path) -> Path:
     return path
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    _training.readable(tmp)
-    os.replace(tmp, path)
-
-
 def reproduce(experiment: str, out: Path, quick: bool, *, seeds: int = 3,
               epochs: int | None = None, resume: bool = False, progress: bool = True,
               optimizer: str = "adam", lr: float | None = None,
@@ -103,16 +95,17 @@ def reproduce(experiment: str, out: Path, quick: bool, *, seeds: int = 3,
     rank, _ = _training.world()
     out = _writable_dir(Path(out)) if rank == 0 else Path(out)
     names = list(EXPERIMENTS) if experiment == "all" else [experiment]
-    if modes is not None and modes > 20:
-        raise SystemExit(f"quflow: error: --modes {modes}: the grid has 20 eigenstates")
-    if resume:  # refuse a directory of another configuration before anything is written
-        for name in names:
-            if name in TRAINED:
-                try:
-                    EXPERIMENTS[name].check_resume(out, quick=quick, seeds=seeds, epochs=epochs,
-                                                   optimizer=optimizer, lr=lr, modes=modes)
-                except _training.ConfigMismatch as exc:
-                    raise SystemExit(f"quflow: error: --resume {out}: {exc}") from None
+    # refuse bad settings, or (with --resume) a directory of another configuration, before
+    # anything is written
+    for name in names:
+        if name in TRAINED:
+            try:
+                EXPERIMENTS[name].check(out, resume=resume, quick=quick, seeds=seeds,
+                                        epochs=epochs, optimizer=optimizer, lr=lr, modes=modes)
+            except _training.ConfigMismatch as exc:
+                raise SystemExit(f"quflow: error: --resume {out}: {exc}") from None
+            except ValueError as exc:
+                raise SystemExit(f"quflow: error: {exc}") from None
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for name in names:
@@ -128,7 +121,8 @@ def reproduce(experiment: str, out: Path, quick: bool, *, seeds: int = 3,
         else:
             results[name] = EXPERIMENTS[name].run(out, quick=quick)
         if rank == 0:
-            _write_json_atomic(results_path, results)
+            _training.write_atomic(
+                results_path, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
             print(f"   done in {time.perf_counter() - start:.1f} s", flush=True)
     if rank == 0:
         _print_summary({k: results[k] for k in names})

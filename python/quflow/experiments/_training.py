@@ -51,30 +51,34 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def readable(path) -> None:
-    """Give a mkstemp file (0600) the permissions of an ordinary new file (0666 & ~umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: never a torn file."""
+def write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``:
+    readers see the old file or the new one, never a torn one. The file gets the
+    permissions of an ordinary new file (0666 & ~umask), not mkstemp's 0600."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
-    torch.save(obj, tmp)
-    readable(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _require_config(cfg: RunConfig, saved: dict, name: str) -> None:
+    if saved != cfg.as_dict():
+        diff = {k: (saved.get(k), v) for k, v in cfg.as_dict().items() if saved.get(k) != v}
+        raise ConfigMismatch(f"{name}: written by a different configuration "
+                             f"(saved vs now: {diff})")
 
 
 def check_resumable(cfg: RunConfig, path: Path) -> None:
     """Raises ConfigMismatch if ``path`` holds a checkpoint of another configuration."""
     if path.exists():
-        saved = torch.load(path, weights_only=False)["config"]
-        if saved != cfg.as_dict():
-            diff = {k: (saved.get(k), v) for k, v in cfg.as_dict().items() if saved.get(k) != v}
-            raise ConfigMismatch(f"{path.name}: written by a different configuration "
-                                 f"(saved vs now: {diff})")
+        _require_config(cfg, torch.load(path, weights_only=False)["config"], path.name)
 
 
 def train(cfg: RunConfig, make_model: Callable[[], nn.Module],
@@ -97,8 +101,7 @@ def train(cfg: RunConfig, make_model: Callable[[], nn.Module],
     start = 0
     if resume and ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        if state["config"] != cfg.as_dict():
-            raise ConfigMismatch(f"{ckpt.name}: written by a different configuration")
+        _require_config(cfg, state["config"], ckpt.name)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         shuffle.set_state(state["shuffle"])
@@ -133,9 +136,9 @@ def train(cfg: RunConfig, make_model: Callable[[], nn.Module],
         curves["train"].append(tr)
         curves["val"].append(va)
         if ckpt is not None and rank == 0:
-            save_atomic({"config": cfg.as_dict(), "epoch": epoch + 1, "model": model.state_dict(),
-                         "optim": opt.state_dict(), "shuffle": shuffle.get_state(),
-                         "curves": curves}, ckpt)
+            state = {"config": cfg.as_dict(), "epoch": epoch + 1, "model": model.state_dict(),
+                     "optim": opt.state_dict(), "shuffle": shuffle.get_state(), "curves": curves}
+            write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(train=f"{tr:.3g}", val=f"{va:.3g}")
@@ -275,6 +278,8 @@ class Experiment:
             batch_loss=self.batch_loss, train_set=train_set, val_set=val_set, resume=resume,
             progress=progress, check_only=check_only, optimizer=optimizer)
 
-    def check_resume(self, out: Path, **settings) -> None:
-        """Raises ConfigMismatch if ``out`` holds checkpoints of another configuration."""
-        self.run(out, resume=True, progress=False, check_only=True, **settings)
+    def check(self, out: Path, *, resume: bool = False, **settings) -> None:
+        """Validates ``settings`` (ValueError, e.g. more ``modes`` than the grid has) and,
+        with ``resume``, that ``out`` holds no checkpoints of another configuration
+        (ConfigMismatch). Trains nothing and writes nothing."""
+        self.run(out, resume=resume, progress=False, check_only=True, **settings)

@@ -43,4 +43,4 @@ EXPERIMENT = _training.Experiment("control", make_data, batch_loss, inputs=2 * N
                                   outputs=STEPS, hidden=HIDDEN, lr=LR, batch_size=BATCH,
                                   epochs=EPOCHS, modes=MODES, extra=(("steps", STEPS),))
 run = EXPERIMENT.run
-check_resume = EXPERIMENT.check_resume
+check = EXPERIMENT.check

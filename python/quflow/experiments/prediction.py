@@ -44,4 +44,4 @@ EXPERIMENT = _training.Experiment("prediction", make_data, batch_loss, inputs=2 
                                   outputs=2 * N, hidden=HIDDEN, lr=LR, batch_size=BATCH,
                                   epochs=EPOCHS, modes=MODES)
 run = EXPERIMENT.run
-check_resume = EXPERIMENT.check_resume
+check = EXPERIMENT.check
