@@ -1,0 +1,389 @@
+"""Circuit recording and execution for :class:`quflow.QuantumLayer` (private).
+
+A user circuit ``circuit(inputs, **weights)`` is recorded with torch tensors as
+arguments, so every gate angle is a torch expression of the inputs and weights.
+The recorded operations are expanded into a fixed gate set in which every
+parametrised gate has the two-term shift rule
+
+    ∂f/∂a = [f(a + π/2) − f(a − π/2)] / 2,                                   (1)
+
+(RX, RY, RZ, PhaseShift, IsingXX, IsingYY, IsingZZ, MultiRZ: generator spectrum
+{±1/2} or {0, 1}). The circuit is then a *program* — a static gate list — plus an
+angle matrix ``A`` of shape ``(B, G)`` (one column per parametrised gate), and an
+engine evaluates ``f(A)`` of shape ``(B, M)`` and the vector–Jacobian product
+``gᵀ ∂f/∂A`` of shape ``(B, G)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+import pennylane as qml
+
+SHIFT = math.pi / 2
+
+_PARAM_GATES = frozenset(
+    {"RX", "RY", "RZ", "PhaseShift", "IsingXX", "IsingYY", "IsingZZ", "MultiRZ"}
+)
+_FIXED_GATES = frozenset(
+    {
+        "CNOT", "CZ", "CY", "SWAP", "Hadamard", "PauliX", "PauliY", "PauliZ",
+        "S", "T", "SX", "Toffoli", "CSWAP", "Identity",
+    }
+)
+_IGNORED = frozenset({"GlobalPhase", "Barrier", "Snapshot"})
+_MAX_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate of a program: lightning method name, device wires, inverse flag,
+    and the angle column (−1 for a gate without parameter)."""
+
+    name: str
+    wires: tuple[int, ...]
+    inverse: bool
+    column: int
+
+
+@dataclass(frozen=True)
+class Program:
+    """A static circuit: gates, and the measured observables as Pauli sums.
+
+    ``terms[m]`` lists ``(coefficient, ((wire, "X"|"Y"|"Z"), ...))`` of measurement
+    ``m``; ``matrices[m]`` holds ``(matrix, wires)`` for an observable without a
+    Pauli representation (then ``terms[m]`` is empty).
+    """
+
+    n_wires: int
+    gates: tuple[Gate, ...]
+    n_angles: int
+    terms: tuple[tuple[tuple[float, tuple[tuple[int, str], ...]], ...], ...]
+    matrices: tuple[Any, ...]
+    single_output: bool
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.terms)
+
+    def key(self) -> tuple:
+        """Hashable structure (for caching engines); matrices by content."""
+        mats = tuple(
+            None if m is None else (m[0].tobytes(), m[1]) for m in self.matrices
+        )
+        return (self.n_wires, self.gates, self.terms, mats)
+
+
+def _expand(op: Any, out: list, depth: int = 0) -> None:
+    name = op.name
+    if name in _IGNORED:
+        return
+    if name in _PARAM_GATES or name in _FIXED_GATES:
+        out.append((op, False))
+        return
+    base = getattr(op, "base", None)
+    if name.startswith("Adjoint(") and base is not None and base.name in _FIXED_GATES:
+        out.append((base, True))
+        return
+    if depth >= _MAX_DEPTH or not op.has_decomposition:
+        raise ValueError(
+            f"QuantumLayer: operation {name} on wires {list(op.wires)} has no "
+            f"decomposition into the supported gates ({sorted(_PARAM_GATES)} with "
+            f"parameters, {sorted(_FIXED_GATES)} without)"
+        )
+    for sub in op.decomposition():
+        _expand(sub, out, depth + 1)
+
+
+def _observable_terms(obs: Any, wire_index: dict) -> tuple[tuple, Any]:
+    rep = obs.pauli_rep
+    if rep is not None:
+        terms = []
+        for word, coeff in rep.items():
+            if isinstance(coeff, torch.Tensor) and coeff.requires_grad:
+                raise ValueError(
+                    f"QuantumLayer: observable {obs} has a trainable coefficient; "
+                    "put trainable scalings in a classical layer after the circuit"
+                )
+            c = complex(coeff)
+            if abs(c.imag) > 1e-12:
+                raise ValueError(f"QuantumLayer: observable {obs} is not Hermitian")
+            paulis = tuple(sorted((wire_index[w], p) for w, p in dict(word).items()))
+            terms.append((float(c.real), paulis))
+        return tuple(terms), None
+    matrix = np.ascontiguousarray(qml.matrix(obs), dtype=np.complex128)
+    if not np.allclose(matrix, matrix.conj().T, atol=1e-12):
+        raise ValueError(f"QuantumLayer: observable {obs} is not Hermitian")
+    return (), (matrix, tuple(wire_index[w] for w in obs.wires))
+
+
+def record(
+    func: Callable,
+    args: tuple,
+    kwargs: dict,
+    wires: Sequence,
+    batch: int,
+) -> tuple[Program, torch.Tensor]:
+    """Record ``func(*args, **kwargs)`` and return its program and angles ``(B, G)``.
+
+    Angles are float64 torch tensors carrying the autograd graph back to the
+    inputs and weights.
+    """
+    with qml.queuing.AnnotatedQueue() as queue:
+        result = func(*args, **kwargs)
+    tape = qml.tape.QuantumScript.from_queue(queue)
+    wire_index = {w: i for i, w in enumerate(wires)}
+    for op in tape.operations:
+        unknown = [w for w in op.wires if w not in wire_index]
+        if unknown:
+            raise ValueError(
+                f"QuantumLayer: {op.name} acts on wires {unknown} that are not in the "
+                f"layer's wires {list(wires)}"
+            )
+    expanded: list = []
+    for op in tape.operations:
+        _expand(op, expanded)
+
+    gates, columns = [], []
+    for op, inverse in expanded:
+        col = -1
+        if op.num_params:
+            angle = op.data[0]
+            if not isinstance(angle, torch.Tensor):
+                angle = torch.as_tensor(np.asarray(angle, dtype=np.float64))
+            angle = angle.to(torch.float64)
+            if angle.ndim > 1 or (angle.ndim == 1 and angle.shape[0] not in (1, batch)):
+                raise ValueError(
+                    f"QuantumLayer: the angle of {op.name} on wires {list(op.wires)} has "
+                    f"shape {tuple(angle.shape)}; expected a scalar or one angle per "
+                    f"sample ({batch},). Index inputs as inputs[..., i]"
+                )
+            col = len(columns)
+            columns.append(angle.expand(batch))
+        gates.append(
+            Gate(op.name, tuple(wire_index[w] for w in op.wires), inverse, col)
+        )
+
+    measurements = tape.measurements
+    if not measurements:
+        raise ValueError("QuantumLayer: the circuit measures nothing; return qml.expval(...)")
+    terms, matrices = [], []
+    for mp in measurements:
+        if not isinstance(mp, qml.measurements.ExpectationMP) or mp.obs is None:
+            raise ValueError(
+                f"QuantumLayer: only expectation values are supported, got {mp}; "
+                "return qml.expval(obs) or a list of them"
+            )
+        t, m = _observable_terms(mp.obs, wire_index)
+        terms.append(t)
+        matrices.append(m)
+    single = not isinstance(result, (list, tuple))
+    angles = (
+        torch.stack(columns, dim=1)
+        if columns
+        else torch.zeros(batch, 0, dtype=torch.float64)
+    )
+    program = Program(
+        n_wires=len(wires),
+        gates=tuple(gates),
+        n_angles=len(columns),
+        terms=tuple(terms),
+        matrices=tuple(matrices),
+        single_output=single,
+    )
+    return program, angles
+
+
+# --------------------------------------------------------------------------- engines
+
+
+class LightningEngine:
+    """Executes a program sample by sample on lightning.qubit's C++ state vector.
+
+    Forward: ``B`` runs of the gate list on one ``StateVectorC128``; the final
+    states are kept for the backward pass. Backward (``diff_method="adjoint"``):
+    one adjoint sweep per sample with the cotangent-weighted observable
+    ``Σ_m g_bm O_m`` (lightning's ``AdjointJacobianC128``), i.e. the
+    vector–Jacobian product, not the Jacobian.
+    """
+
+    def __init__(self, program: Program) -> None:
+        from pennylane_lightning.lightning_qubit_ops import MeasurementsC128, StateVectorC128
+        from pennylane_lightning.lightning_qubit_ops.algorithms import (
+            AdjointJacobianC128,
+            create_ops_listC128,
+        )
+        from pennylane_lightning.lightning_qubit_ops.observables import (
+            HamiltonianC128,
+            HermitianObsC128,
+            NamedObsC128,
+            TensorProdObsC128,
+        )
+
+        self.program = program
+        n = program.n_wires
+        self._sv = StateVectorC128(n)
+        self._measure = MeasurementsC128(self._sv)
+        self._adjoint = AdjointJacobianC128()
+        self._ops_list = create_ops_listC128
+        self._hamiltonian = HamiltonianC128
+        self._calls = [
+            (getattr(self._sv, g.name), list(g.wires), g.inverse, g.column)
+            for g in program.gates
+        ]
+        self._names = [g.name for g in program.gates]
+        self._wires = [list(g.wires) for g in program.gates]
+        self._inverses = [g.inverse for g in program.gates]
+        self._no_matrix = [np.zeros(0, dtype=np.complex128)] * len(program.gates)
+        self._no_controls = [[] for _ in program.gates]
+        self._no_values = [[] for _ in program.gates]
+        self._trainable = list(range(program.n_angles))
+
+        def word(paulis):
+            named = [NamedObsC128("Pauli" + p, [w]) for w, p in paulis]
+            return named[0] if len(named) == 1 else TensorProdObsC128(named)
+
+        # per measurement: lightning observables + coefficients; identity words
+        # are constants (no state dependence, no gradient)
+        self._obs, self._coeffs, self._owner, self._const = [], [], [], []
+        self._meas_obs = []
+        for m, (terms, matrix) in enumerate(zip(program.terms, program.matrices)):
+            const, objs, coeffs = 0.0, [], []
+            if matrix is not None:
+                objs.append(HermitianObsC128(matrix[0].ravel(), list(matrix[1])))
+                coeffs.append(1.0)
+            for c, paulis in terms:
+                if not paulis:
+                    const += c
+                    continue
+                objs.append(word(paulis))
+                coeffs.append(c)
+            self._const.append(const)
+            self._obs += objs
+            self._coeffs += coeffs
+            self._owner += [m] * len(objs)
+            self._meas_obs.append(HamiltonianC128(coeffs, objs) if objs else None)
+        self._coeffs_np = np.asarray(self._coeffs, dtype=np.float64)
+        self._owner_np = np.asarray(self._owner, dtype=np.int64)
+        self.dim = 2**n
+
+    def _prepare(self, row: np.ndarray) -> None:
+        self._sv.resetStateVector()
+        for method, wires, inverse, col in self._calls:
+            method(wires, inverse, [row[col]] if col >= 0 else [])
+
+    def run(self, angles: np.ndarray, keep_states: bool = True):
+        """Values ``(B, M)`` and, if asked, final states ``(B, 2**n)``."""
+        batch = angles.shape[0]
+        values = np.empty((batch, self.program.n_outputs))
+        states = np.empty((batch, self.dim), dtype=np.complex128) if keep_states else None
+        const = self._const
+        for b in range(batch):
+            self._prepare(angles[b])
+            for m, obs in enumerate(self._meas_obs):
+                values[b, m] = const[m] + (self._measure.expval(obs) if obs is not None else 0.0)
+            if keep_states:
+                self._sv.getState(states[b])
+        return values, states
+
+    def vjp(self, angles: np.ndarray, cotangent: np.ndarray, states=None) -> np.ndarray:
+        """``Σ_m g_bm ∂f_bm/∂A_bj`` of shape ``(B, G)`` by one adjoint sweep per sample."""
+        batch, n_angles = angles.shape
+        out = np.zeros((batch, n_angles))
+        if n_angles == 0 or not self._obs:
+            return out
+        weights = cotangent[:, self._owner_np] * self._coeffs_np  # (B, terms)
+        for b in range(batch):
+            if not weights[b].any():
+                continue
+            if states is None:
+                self._prepare(angles[b])
+            else:
+                self._sv.updateData(states[b])
+            row = angles[b]
+            params = [[row[c]] if c >= 0 else [] for _, _, _, c in self._calls]
+            ops = self._ops_list(
+                self._names, params, self._wires, self._inverses,
+                self._no_matrix, self._no_controls, self._no_values,
+            )
+            obs = self._hamiltonian(weights[b], self._obs)
+            out[b] = np.asarray(self._adjoint(self._sv, [obs], ops, self._trainable)).reshape(-1)
+        return out
+
+
+class DeviceEngine:
+    """Executes a program through any PennyLane device (``qml.execute``, no shots)."""
+
+    def __init__(self, program: Program, device: Any) -> None:
+        self.program = program
+        self.device = device
+        ops_by_name = {}
+        for g in program.gates:
+            ops_by_name[g.name] = getattr(qml, g.name)
+        self._ops = ops_by_name
+        observables = []
+        for terms, matrix in zip(program.terms, program.matrices):
+            if matrix is not None:
+                observables.append(qml.Hermitian(matrix[0], wires=list(matrix[1])))
+                continue
+            parts = []
+            for c, paulis in terms:
+                word = (
+                    qml.prod(*[getattr(qml, "Pauli" + p)(w) for w, p in paulis])
+                    if paulis
+                    else qml.Identity(0)
+                )
+                parts.append(c * word)
+            observables.append(qml.sum(*parts) if len(parts) > 1 else parts[0])
+        self._observables = observables
+
+    def _tape(self, row: np.ndarray):
+        ops = []
+        for g in self.program.gates:
+            cls = self._ops[g.name]
+            op = cls(float(row[g.column]), wires=list(g.wires)) if g.column >= 0 else cls(wires=list(g.wires))
+            ops.append(qml.adjoint(op) if g.inverse else op)
+        return qml.tape.QuantumScript(ops, [qml.expval(o) for o in self._observables])
+
+    def run(self, angles: np.ndarray, keep_states: bool = True):
+        tapes = [self._tape(row) for row in angles]
+        results = qml.execute(tapes, self.device, diff_method=None)
+        values = np.asarray([np.atleast_1d(np.asarray(r, dtype=np.float64)) for r in results])
+        return values.reshape(angles.shape[0], self.program.n_outputs), None
+
+    def vjp(self, angles: np.ndarray, cotangent: np.ndarray, states=None) -> np.ndarray:
+        return shift_vjp(self, angles, cotangent)
+
+
+def shift_vjp(engine: Any, angles: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
+    """Parameter-shift VJP (1): ``2G`` shifted runs per sample, batched in one call."""
+    batch, n_angles = angles.shape
+    if n_angles == 0:
+        return np.zeros((batch, 0))
+    eye = np.eye(n_angles) * SHIFT
+    shifted = np.concatenate(
+        [angles[None] + eye[:, None, :], angles[None] - eye[:, None, :]], axis=0
+    ).reshape(-1, n_angles)
+    values, _ = engine.run(shifted, keep_states=False)
+    values = values.reshape(2, n_angles, batch, -1)
+    d = 0.5 * (values[0] - values[1])  # (G, B, M) = ∂f/∂a_j
+    return np.einsum("jbm,bm->bj", d, cotangent)
+
+
+class ShiftEngine:
+    """Wraps an engine so that its VJP uses the parameter-shift rule (1)."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.program = engine.program
+
+    def run(self, angles: np.ndarray, keep_states: bool = True):
+        return self.engine.run(angles, keep_states=False)
+
+    def vjp(self, angles: np.ndarray, cotangent: np.ndarray, states=None) -> np.ndarray:
+        return shift_vjp(self.engine, angles, cotangent)
