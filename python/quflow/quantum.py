@@ -119,9 +119,9 @@ def _lightning_omp():
     import ctypes
     import glob
 
-    import pennylane_lightning
+    from pennylane_lightning import lightning_qubit_ops
 
-    root = os.path.dirname(os.path.dirname(pennylane_lightning.__file__))
+    root = os.path.dirname(os.path.dirname(lightning_qubit_ops.__file__))
     for path in sorted(glob.glob(os.path.join(root, "pennylane_lightning.libs", "libgomp*"))):
         try:
             return ctypes.CDLL(path)
