@@ -103,13 +103,16 @@ class _AngleVJP(torch.autograd.Function):
         shifted = torch.cat([angles[None] + steps[:, None], angles[None] - steps[:, None]])
         shifted = shifted.reshape(2 * n_cols * batch, n_angles)
         hc = h[:, cols].to(torch.float64)  # (B, C)
+        # one run of the shifted circuits serves both: values for grad_g, final
+        # states (the adjoint's starting point) for grad_a
+        f, states = _Expval.apply(shifted, ctx.engine, need_a)
         if need_g:
-            f, _ = _Expval.apply(shifted, ctx.engine, False)
             f = f.reshape(2, n_cols, batch, -1)
             grad_g = torch.einsum("bc,cbm->bm", hc, 0.5 * (f[0] - f[1]))
         if need_a:
             g = cotangent.to(torch.float64).repeat(2 * n_cols, 1)
-            v = _AngleVJP.apply(shifted, g, ctx.engine, None).reshape(2, n_cols, batch, n_angles)
+            v = _AngleVJP.apply(shifted, g, ctx.engine, states if states.numel() else None)
+            v = v.reshape(2, n_cols, batch, n_angles)
             grad_a = torch.einsum("bc,cbj->bj", hc, 0.5 * (v[0] - v[1]))
         return grad_a, grad_g, None, None
 
