@@ -17,7 +17,9 @@ from .schrodinger import crank_nicolson
 __version__ = "0.1.0"
 
 _LAZY = {
+    "QNG": ("qng", "QNG"),
     "QuantumLayer": ("quantum", "QuantumLayer"),
+    "metric_tensor": ("metric", "metric_tensor"),
     "set_lightning_threads": ("quantum", "set_lightning_threads"),
     "pinn": ("pinn", None),
     "templates": ("templates", None),
@@ -39,9 +41,11 @@ def __getattr__(name: str):
 __all__ = [
     "FidelityLoss",
     "Grid",
+    "QNG",
     "QuantumLayer",
     "crank_nicolson",
     "fidelity_loss",
+    "metric_tensor",
     "pinn",
     "random_states",
     "set_lightning_threads",

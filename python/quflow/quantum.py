@@ -290,6 +290,7 @@ class QuantumLayer(nn.Module):
         self._engines: dict = {}
         self._checked = False
         self._qnode = None
+        self._last_inputs: torch.Tensor | None = None
 
         for name, shape in weight_shapes.items():
             shape = (shape,) if isinstance(shape, int) else tuple(shape)
@@ -390,6 +391,7 @@ class QuantumLayer(nn.Module):
             batched = inputs[None] if unbatched else inputs
             if self.input_size is None:
                 self.input_size = batched.shape[-1]
+            self._last_inputs = batched.detach()  # the batch quflow.QNG's metric averages over
             args, batch = (batched,), batched.shape[0]
             if dtype == torch.float32 or inputs.dtype == torch.float64:
                 dtype = torch.promote_types(dtype, inputs.dtype)

@@ -1,0 +1,309 @@
+"""The metric tensor (Fubini–Study) of a :class:`~quflow.QuantumLayer`'s weights.
+
+For a circuit state ``|ψ(a)⟩`` with gate angles ``a_j`` (gates ``exp(−i a_j G_j)``),
+PennyLane's ``qml.metric_tensor`` convention is
+
+    g_ij = Re⟨∂_iψ|∂_jψ⟩ − ⟨∂_iψ|ψ⟩⟨ψ|∂_jψ⟩,                                   (1)
+
+and, over trainable arguments ``θ`` with angles ``a(θ)``, ``g(θ) = Jᵀ g(a) J`` with the
+classical Jacobian ``J = ∂a/∂θ``. Approximations (Stokes et al., "Quantum Natural
+Gradient", Quantum 4, 269 (2020)):
+
+* ``"block-diag"``: PennyLane's layering — trainable gates are taken in order and a
+  new layer starts when a gate depends on a gate of the current layer; within a layer
+  ``g_kl = ⟨G_k G_l⟩ − ⟨G_k⟩⟨G_l⟩`` on the state prepared by the layer's ancestors,
+  zero between layers;
+* ``"diag"``: the diagonal of that, ``Var(G_k)``.
+
+The full metric (1) is computed exactly from all derivative states ``|∂_jψ⟩ = −i G_j
+|ψ_after j⟩`` carried forward through the circuit in one sweep (``O(G·gates·2ⁿ)``),
+vectorised over samples and derivative states; no Hadamard tests, no per-entry circuits.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+import pennylane as qml
+
+from . import _qprogram as _qp
+
+__all__ = ["metric_tensor"]
+
+APPROXIMATIONS = ("full", "block-diag", "diag")
+
+_X = np.array([[0, 1], [1, 0]], dtype=np.complex128)
+_Y = np.array([[0, -1j], [1j, 0]], dtype=np.complex128)
+_Z = np.array([[1, 0], [0, -1]], dtype=np.complex128)
+
+
+@lru_cache(maxsize=None)
+def _generator(name: str, n_wires: int) -> np.ndarray:
+    """``G`` with ``U(a) = exp(−i a G)`` (PhaseShift: ``G = −|1⟩⟨1|``, the global
+    phase of ``e^{ia/2} RZ(a)`` does not enter (1))."""
+    if name in ("RX", "RY", "RZ"):
+        return {"RX": _X, "RY": _Y, "RZ": _Z}[name] / 2
+    if name == "PhaseShift":
+        return np.diag([0.0, -1.0]).astype(np.complex128)
+    if name in ("IsingXX", "IsingYY", "IsingZZ"):
+        p = {"IsingXX": _X, "IsingYY": _Y, "IsingZZ": _Z}[name]
+        return np.kron(p, p) / 2
+    if name == "MultiRZ":
+        out = np.ones(1)
+        for _ in range(n_wires):
+            out = np.kron(out, np.array([1.0, -1.0]))
+        return np.diag(out).astype(np.complex128) / 2
+    raise ValueError(f"no generator for {name}")  # pragma: no cover - gate set is closed
+
+
+@lru_cache(maxsize=None)
+def _fixed_matrix(name: str, n_wires: int, inverse: bool) -> np.ndarray:
+    m = qml.matrix(getattr(qml, name)(wires=range(n_wires)))
+    return np.ascontiguousarray(m.conj().T if inverse else m, dtype=np.complex128)
+
+
+def _gate_matrix(gate: _qp.Gate, angles: np.ndarray) -> np.ndarray:
+    """``(d, d)`` or ``(B, d, d)`` for per-sample angles ``(B,)``."""
+    k = len(gate.wires)
+    if gate.column < 0:
+        return _fixed_matrix(gate.name, k, gate.inverse)
+    a = angles[:, gate.column]
+    if np.all(a == a[0]):
+        a = a[:1]
+    gen = _generator(gate.name, k)
+    if gate.name == "PhaseShift":  # diag(1, e^{ia})
+        m = np.zeros((a.shape[0], 2, 2), dtype=np.complex128)
+        m[:, 0, 0] = 1.0
+        m[:, 1, 1] = np.exp(1j * a)
+    else:  # G = P/2 with P² = I: exp(−i a G) = cos(a/2) I − i sin(a/2) P
+        pauli = 2 * gen
+        m = np.cos(a / 2)[:, None, None] * np.eye(2**k) - 1j * np.sin(a / 2)[:, None, None] * pauli
+    if gate.inverse:
+        m = np.conj(np.swapaxes(m, -1, -2))
+    return m[0] if m.shape[0] == 1 else m
+
+
+def _apply(states: np.ndarray, matrix: np.ndarray, wires: tuple, n: int) -> np.ndarray:
+    """Apply a ``(d, d)`` / ``(B, d, d)`` matrix on ``wires`` to states ``(B, K, 2**n)``."""
+    batch, count = states.shape[:2]
+    k = len(wires)
+    t = states.reshape((batch, count) + (2,) * n)
+    src = [2 + w for w in wires]
+    dst = list(range(2 + n - k, 2 + n))
+    t = np.moveaxis(t, src, dst)
+    shape = t.shape
+    t = t.reshape(batch, count, -1, 2**k)
+    if matrix.ndim == 2:
+        t = t @ matrix.T
+    else:
+        t = np.einsum("bkrj,bij->bkri", t, matrix)
+    t = np.moveaxis(t.reshape(shape), dst, src)
+    return np.ascontiguousarray(t).reshape(batch, count, 2**n)
+
+
+def _initial(batch: int, n: int) -> np.ndarray:
+    psi = np.zeros((batch, 1, 2**n), dtype=np.complex128)
+    psi[:, 0, 0] = 1.0
+    return psi
+
+
+def _full_metric(program: _qp.Program, angles: np.ndarray, trainable: list[int]) -> np.ndarray:
+    """(1) over the trainable angle columns: ``(B, T, T)``."""
+    n, batch = program.n_wires, angles.shape[0]
+    wanted = set(trainable)
+    psi = _initial(batch, n)
+    derivs = np.zeros((batch, 0, 2**n), dtype=np.complex128)
+    for gate in program.gates:
+        m = _gate_matrix(gate, angles)
+        both = _apply(np.concatenate([psi, derivs], axis=1), m, gate.wires, n)
+        psi, derivs = both[:, :1], both[:, 1:]
+        if gate.column in wanted:  # |∂_j ψ⟩ = −i G_j |ψ after gate j⟩
+            gen = _generator(gate.name, len(gate.wires))
+            derivs = np.concatenate([derivs, -1j * _apply(psi, gen, gate.wires, n)], axis=1)
+    gram = np.einsum("bin,bjn->bij", derivs.conj(), derivs).real
+    overlap = np.einsum("bin,bn->bi", derivs.conj(), psi[:, 0])  # ⟨∂_iψ|ψ⟩
+    return gram - np.einsum("bi,bj->bij", overlap, overlap.conj()).real
+
+
+def _layers(program: _qp.Program, trainable: list[int]) -> list[tuple[list[int], int]]:
+    """PennyLane's parametrised layers: ``[(gate indices, ancestor bitmask)]``."""
+    last_on_wire: dict[int, int] = {}
+    ancestors = []
+    for i, gate in enumerate(program.gates):
+        mask = 0
+        for w in gate.wires:
+            if w in last_on_wire:
+                j = last_on_wire[w]
+                mask |= (1 << j) | ancestors[j]
+        ancestors.append(mask)
+        for w in gate.wires:
+            last_on_wire[w] = i
+    wanted = set(trainable)
+    layers: list[list[int]] = [[]]
+    current_mask = 0
+    for i, gate in enumerate(program.gates):
+        if gate.column not in wanted:
+            continue
+        if ancestors[i] & current_mask:
+            layers.append([])
+            current_mask = 0
+        layers[-1].append(i)
+        current_mask |= 1 << i
+    out = []
+    for layer in layers:
+        if layer:
+            mask = 0
+            for i in layer:
+                mask |= ancestors[i]
+            out.append((layer, mask))
+    return out
+
+
+def _block_metric(program: _qp.Program, angles: np.ndarray, trainable: list[int], diag: bool) -> np.ndarray:
+    n, batch = program.n_wires, angles.shape[0]
+    position = {c: k for k, c in enumerate(trainable)}
+    out = np.zeros((batch, len(trainable), len(trainable)))
+    matrices = [_gate_matrix(gate, angles) for gate in program.gates]
+    for layer, mask in _layers(program, trainable):
+        psi = _initial(batch, n)
+        for i, gate in enumerate(program.gates):
+            if mask >> i & 1:
+                psi = _apply(psi, matrices[i], gate.wires, n)
+        g_psi = np.concatenate(
+            [
+                _apply(psi, _generator(program.gates[i].name, len(program.gates[i].wires)), program.gates[i].wires, n)
+                for i in layer
+            ],
+            axis=1,
+        )  # (B, k, 2**n): G_k |ψ_l⟩
+        second = np.einsum("bkn,bln->bkl", g_psi.conj(), g_psi).real  # ⟨G_k G_l⟩
+        first = np.einsum("bn,bkn->bk", psi[:, 0].conj(), g_psi).real  # ⟨G_k⟩
+        cov = second - np.einsum("bk,bl->bkl", first, first)
+        idx = [position[program.gates[i].column] for i in layer]
+        if diag:
+            for a, p in enumerate(idx):
+                out[:, p, p] = cov[:, a, a]
+        else:
+            out[:, np.ix_(idx, idx)[0], np.ix_(idx, idx)[1]] = cov
+    return out
+
+
+def _classical_jacobian(angles: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """``∂a_bj/∂θ_p`` as ``(B, G, P)`` (or ``(1, G, P)`` when it does not depend on the sample)."""
+    batch, n_angles = angles.shape
+    sizes = [w.numel() for w in weights]
+
+    def batched(outputs: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(
+            angles, weights, grad_outputs=outputs, is_grads_batched=True,
+            allow_unused=True, retain_graph=True,
+        )
+        cols = [
+            torch.zeros(outputs.shape[0], s, dtype=torch.float64) if g is None else g.reshape(outputs.shape[0], -1).to(torch.float64)
+            for g, s in zip(grads, sizes)
+        ]
+        return torch.cat(cols, dim=1)
+
+    eye = torch.eye(n_angles, dtype=angles.dtype)
+    summed = batched(eye[:, None, :].expand(n_angles, batch, n_angles).contiguous())  # Σ_b ∂a_bj/∂θ
+    if batch == 1:
+        return summed[None]
+    r = torch.linspace(0.5, 1.5, batch, dtype=angles.dtype)
+    weighted = batched((eye[:, None, :] * r[None, :, None]).contiguous())
+    if torch.allclose(weighted, summed * (r.sum() / batch), rtol=1e-12, atol=1e-14):
+        return (summed / batch)[None]
+    onehot = torch.zeros(batch * n_angles, batch, n_angles, dtype=angles.dtype)
+    idx = torch.arange(batch * n_angles)
+    onehot[idx, idx // n_angles, idx % n_angles] = 1.0
+    return batched(onehot).reshape(batch, n_angles, -1)
+
+
+def metric_tensor(
+    layer: Any,
+    inputs: torch.Tensor | None = None,
+    approx: str = "full",
+    *,
+    max_samples: int | None = None,
+) -> torch.Tensor:
+    r"""Metric tensor of a QuantumLayer's weights, averaged over the inputs.
+
+    ``g = (1/B) Σ_b J_bᵀ g(a_b) J_b`` with ``g(a)`` of eq. (1) in PennyLane's
+    ``qml.metric_tensor`` convention and ``J_b = ∂a_b/∂θ`` over the layer's flattened
+    weights (in ``weight_shapes`` order); the circuit inputs are constants, never
+    differentiated.
+
+    Args:
+        layer: a :class:`quflow.QuantumLayer`.
+        inputs: ``(B, features)`` or ``(features,)`` for a layer with inputs; ``None``
+            for a circuit without inputs.
+        approx: ``"full"`` (exact), ``"block-diag"`` or ``"diag"`` (PennyLane's layering;
+            equal to PennyLane's when the parametrised gates are RX/RY/RZ/Rot/PhaseShift/
+            IsingXX/YY/ZZ/MultiRZ or templates of them — controlled rotations are
+            expanded first, which changes the blocks but not the full metric).
+        max_samples: average over at most this many inputs, evenly spaced rows
+            ``inputs[::ceil(B/max_samples)]``.
+
+    Returns:
+        ``(P, P)`` float64, symmetric positive semi-definite.
+
+    Raises:
+        TypeError: ``layer`` is not a QuantumLayer.
+        ValueError: unknown ``approx``, missing/unexpected inputs, a layer without
+            weights, bad ``max_samples``.
+
+    Example:
+        >>> import pennylane as qml, torch, quflow
+        >>> def circuit(weights):
+        ...     qml.RX(weights[0], wires=0)
+        ...     qml.RY(weights[1], wires=0)
+        ...     return qml.expval(qml.PauliZ(0))
+        >>> layer = quflow.QuantumLayer(circuit, {"weights": 2}, wires=1)
+        >>> g = quflow.metric_tensor(layer)
+        >>> round(g[0, 0].item(), 6)   # Var(X/2) on |0⟩
+        0.25
+    """
+    from .quantum import QuantumLayer
+
+    if not isinstance(layer, QuantumLayer):
+        raise TypeError(f"layer must be a quflow.QuantumLayer, got {type(layer).__name__}")
+    if approx not in APPROXIMATIONS:
+        raise ValueError(f"approx must be one of {APPROXIMATIONS}, got {approx!r}")
+    if not layer.weight_shapes:
+        raise ValueError("the layer has no weights: its metric tensor is empty")
+    if max_samples is not None and (not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 1):
+        raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
+    if layer._has_inputs:
+        if inputs is None:
+            raise ValueError("this layer's circuit takes inputs: pass inputs=(B, features)")
+        layer._validate_inputs(inputs)
+        x = inputs.detach().to(torch.float64)
+        x = x[None] if x.ndim == 1 else x
+        if max_samples is not None and x.shape[0] > max_samples:
+            x = x[:: -(-x.shape[0] // max_samples)]
+        args, batch = (x,), x.shape[0]
+    else:
+        if inputs is not None:
+            raise ValueError("this layer's circuit has no inputs: call with inputs=None")
+        args, batch = (), 1
+
+    weights = {k: getattr(layer, k).detach().to(torch.float64).requires_grad_(True) for k in layer.weight_shapes}
+    with torch.enable_grad():
+        program, angles = _qp.record(layer.circuit, args, weights, layer.wires, batch)
+        jac = _classical_jacobian(angles, list(weights.values()))  # (B|1, G, P)
+    trainable = [j for j in range(program.n_angles) if bool(jac[:, j].ne(0).any())]
+    n_params = jac.shape[-1]
+    if not trainable:
+        return torch.zeros(n_params, n_params, dtype=torch.float64)
+    a = angles.detach().numpy()
+    if approx == "full":
+        g = _full_metric(program, a, trainable)
+    else:
+        g = _block_metric(program, a, trainable, diag=approx == "diag")
+    g = torch.from_numpy(g)  # (B, T, T)
+    j = jac[:, trainable]  # (B|1, T, P)
+    out = torch.einsum("btp,btu,buq->pq", j.expand(batch, -1, -1), g, j.expand(batch, -1, -1)) / batch
+    return 0.5 * (out + out.T)

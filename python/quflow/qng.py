@@ -1,0 +1,256 @@
+"""Quantum natural gradient for hybrid PyTorch models: :class:`QNG`."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .metric import APPROXIMATIONS, metric_tensor
+from .quantum import QuantumLayer
+
+__all__ = ["QNG"]
+
+_MAX_FISHER_PARAMS = 4096
+
+
+def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'≥ 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def _damped_solve(matrix: torch.Tensor, rhs: torch.Tensor, lam: float, what: str) -> torch.Tensor:
+    """``(M + λI)⁻¹ b`` by Cholesky; least squares (minimum norm) with a warning if singular."""
+    a = matrix + lam * torch.eye(matrix.shape[0], dtype=matrix.dtype)
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs[:, None], chol)[:, 0]
+    warnings.warn(
+        f"QNG: the {what} plus lam·I (lam={lam:g}) is singular or indefinite; using the "
+        "least-squares (minimum-norm) solution. Increase lam to regularise.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return torch.linalg.lstsq(a, rhs[:, None], driver="gelsd").solution[:, 0]
+
+
+class QNG(torch.optim.Optimizer):
+    r"""Quantum natural gradient for models containing :class:`quflow.QuantumLayer` s.
+
+    Each quantum layer's weights take the step
+
+        θ ← θ − lr · (g + λI)⁻¹ ∇_θ L,
+
+    where ``∇_θ L`` is the full chain-rule gradient of the model's loss (whatever
+    ``loss.backward()`` left in ``.grad``) and ``g`` is that layer's metric tensor
+    (:func:`quflow.metric_tensor`, PennyLane's ``metric_tensor`` convention) averaged over
+    the inputs of the layer's most recent forward call — the current batch — with the
+    circuit inputs excluded by construction (Stokes et al., "Quantum Natural Gradient",
+    Quantum 4, 269 (2020)). Every quantum layer gets its own metric. The linear system
+    is solved by Cholesky; if ``g + λI`` is singular (``lam=0`` on a rank-deficient
+    metric) the least-squares solution is used with a ``RuntimeWarning``.
+
+    Classical parameters (every other parameter with ``requires_grad``) are updated by
+    a wrapped base optimizer, ``"adam"`` (default) or ``"sgd"``, or with
+    ``classical="fisher"`` by a natural-gradient step with an empirical Fisher matrix
+    estimated as an exponential moving average of mini-batch gradient outer products,
+    ``F ← β F + (1 − β) g gᵀ``, ``θ ← θ − lr (F + λI)⁻¹ g`` (a gradient-covariance
+    estimate as in TONGA, Le Roux et al. 2008; at most 4096 classical parameters).
+
+    Param groups: one per quantum layer (``kind="quantum"``, keys ``lr``, ``lam``,
+    ``approx``) and one for the classical parameters (``kind="classical"``, its ``lr`` is
+    forwarded to the base optimizer, so LR schedulers work on both).
+
+    Args:
+        model: a module containing at least one QuantumLayer (or a QuantumLayer).
+        lr: step size of the quantum layers (> 0).
+        lam: damping λ ≥ 0 added to the metric's diagonal.
+        approx: ``"full"``, ``"block-diag"`` or ``"diag"``.
+        classical: ``"adam"``, ``"sgd"`` or ``"fisher"``.
+        classical_lr: step size of the classical parameters (default ``lr``).
+        classical_kwargs: extra arguments of the base optimizer (e.g. ``betas``).
+        metric_every: recompute each metric every ``k`` steps and reuse it in between.
+        max_samples: average each metric over at most this many inputs, evenly spaced
+            rows of the batch (default: the whole batch).
+        fisher_decay: β of the ``"fisher"`` moving average.
+
+    Raises:
+        ValueError: no QuantumLayer in the model, unknown ``approx``/``classical``,
+            negative ``lr``/``lam``, bad ``metric_every``/``max_samples``.
+
+    Example:
+        >>> import pennylane as qml, torch, quflow
+        >>> def circuit(weights):
+        ...     qml.RX(weights[0], wires=0)
+        ...     qml.RY(weights[1], wires=0)
+        ...     return qml.expval(qml.PauliZ(0))
+        >>> layer = quflow.QuantumLayer(circuit, {"weights": 2}, wires=1)
+        >>> opt = quflow.QNG(layer, lr=0.1)
+        >>> loss = layer(); opt.zero_grad(); loss.backward(); opt.step()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 0.01,
+        lam: float = 1e-3,
+        approx: str = "full",
+        *,
+        classical: str = "adam",
+        classical_lr: float | None = None,
+        classical_kwargs: dict | None = None,
+        metric_every: int = 1,
+        max_samples: int | None = None,
+        fisher_decay: float = 0.95,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        lr = _positive("lr", lr)
+        lam = _positive("lam", lam, allow_zero=True)
+        if approx not in APPROXIMATIONS:
+            raise ValueError(f"approx must be one of {APPROXIMATIONS}, got {approx!r}")
+        if classical not in ("adam", "sgd", "fisher"):
+            raise ValueError(f"classical must be 'adam', 'sgd' or 'fisher', got {classical!r}")
+        if not isinstance(metric_every, int) or isinstance(metric_every, bool) or metric_every < 1:
+            raise ValueError(f"metric_every must be a positive int, got {metric_every!r}")
+        if max_samples is not None and (
+            not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 1
+        ):
+            raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
+        if not 0 <= fisher_decay < 1:
+            raise ValueError(f"fisher_decay must be in [0, 1), got {fisher_decay!r}")
+        classical_lr = lr if classical_lr is None else _positive("classical_lr", classical_lr)
+
+        layers = [m for m in model.modules() if isinstance(m, QuantumLayer)]
+        if not layers:
+            raise ValueError(
+                "the model contains no quflow.QuantumLayer: QNG needs a circuit's metric; "
+                "use torch.optim for purely classical models"
+            )
+        groups, quantum_ids = [], set()
+        for index, layer in enumerate(layers):
+            params = [getattr(layer, k) for k in layer.weight_shapes]
+            quantum_ids.update(id(p) for p in params)
+            groups.append(
+                {"params": params, "lr": lr, "lam": lam, "approx": approx, "kind": "quantum", "layer": index}
+            )
+        classical_params = [p for p in model.parameters() if p.requires_grad and id(p) not in quantum_ids]
+        if classical_params:
+            if classical == "fisher" and sum(p.numel() for p in classical_params) > _MAX_FISHER_PARAMS:
+                raise ValueError(
+                    f"classical='fisher' keeps a dense Fisher matrix; the model has "
+                    f"{sum(p.numel() for p in classical_params)} classical parameters "
+                    f"(limit {_MAX_FISHER_PARAMS}); use 'adam' or 'sgd'"
+                )
+            groups.append(
+                {"params": classical_params, "lr": classical_lr, "lam": lam, "approx": approx, "kind": "classical", "layer": -1}
+            )
+        super().__init__(groups, {"lr": lr, "lam": lam, "approx": approx})
+        self._layers = layers
+        self.classical = classical
+        self.metric_every = metric_every
+        self.max_samples = max_samples
+        self.fisher_decay = fisher_decay
+        self._base = None
+        if classical_params and classical in ("adam", "sgd"):
+            cls = torch.optim.Adam if classical == "adam" else torch.optim.SGD
+            self._base = cls(classical_params, lr=classical_lr, **(classical_kwargs or {}))
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """The quantum layers' state (step counts, cached metrics) and the base optimizer's."""
+        out = super().state_dict()
+        if self._base is not None:
+            out["base"] = self._base.state_dict()
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Inverse of :meth:`state_dict`."""
+        state_dict = dict(state_dict)
+        base = state_dict.pop("base", None)
+        super().load_state_dict(state_dict)
+        if self._base is not None and base is not None:
+            self._base.load_state_dict(base)
+
+    # ------------------------------------------------------------------ step
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        """One update. ``closure`` (optional) re-evaluates the model and calls backward.
+
+        Returns:
+            The closure's loss, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group["kind"] == "quantum":
+                self._quantum_step(group)
+            elif self._base is not None:
+                for base_group in self._base.param_groups:
+                    base_group["lr"] = group["lr"]
+                self._base.step()
+            else:
+                self._fisher_step(group)
+        return loss
+
+    def _quantum_step(self, group: dict) -> None:
+        params = group["params"]
+        if all(p.grad is None for p in params):
+            return
+        layer = self._layers[group["layer"]]
+        state = self.state[params[0]]
+        state["step"] = state.get("step", 0) + 1
+        grad = torch.cat(
+            [(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1).to(torch.float64) for p in params]
+        )
+        metric = state.get("metric")
+        if metric is None or state.get("metric_age", 0) >= self.metric_every:
+            inputs = getattr(layer, "_last_inputs", None)
+            if layer._has_inputs and inputs is None:
+                raise RuntimeError("QNG.step: run the model forward (and backward) before step()")
+            with torch.enable_grad():
+                metric = metric_tensor(layer, inputs, group["approx"], max_samples=self.max_samples)
+            state["metric"] = metric
+            state["metric_age"] = 0
+        state["metric_age"] += 1
+        trainable = torch.cat([torch.full((p.numel(),), p.requires_grad) for p in params])
+        delta = torch.zeros_like(grad)
+        if trainable.all():
+            delta = _damped_solve(metric, grad, group["lam"], "metric tensor")
+        elif trainable.any():
+            idx = torch.nonzero(trainable).flatten()
+            delta[idx] = _damped_solve(metric[idx][:, idx], grad[idx], group["lam"], "metric tensor")
+        offset = 0
+        for p in params:
+            n = p.numel()
+            if p.requires_grad:
+                p.sub_(group["lr"] * delta[offset : offset + n].view_as(p).to(p.dtype))
+            offset += n
+
+    def _fisher_step(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grad = torch.cat([p.grad.reshape(-1).to(torch.float64) for p in params])
+        state = self.state[params[0]]
+        fisher = state.get("fisher")
+        outer = torch.outer(grad, grad)
+        beta = self.fisher_decay
+        fisher = outer if fisher is None or fisher.shape != outer.shape else beta * fisher + (1 - beta) * outer
+        state["fisher"] = fisher
+        delta = _damped_solve(fisher, grad, max(group["lam"], 1e-12), "empirical Fisher matrix")
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.sub_(group["lr"] * delta[offset : offset + n].view_as(p).to(p.dtype))
+            offset += n
