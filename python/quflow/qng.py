@@ -29,10 +29,12 @@ def _damped_solve(matrix: torch.Tensor, rhs: torch.Tensor, lam: float, what: str
     """``(M + λI)⁻¹ b`` by Cholesky; least squares (minimum norm) with a warning if singular."""
     a = matrix + lam * torch.eye(matrix.shape[0], dtype=matrix.dtype)
     chol, info = torch.linalg.cholesky_ex(a)
-    if int(info) == 0:
+    pivots = torch.diagonal(chol).abs()
+    # condition number ≤ ~1e12: otherwise a round-off pivot would blow the step up
+    if int(info) == 0 and bool(pivots.min() ** 2 > 1e-12 * pivots.max() ** 2):
         return torch.cholesky_solve(rhs[:, None], chol)[:, 0]
     warnings.warn(
-        f"QNG: the {what} plus lam·I (lam={lam:g}) is singular or indefinite; using the "
+        f"QNG: the {what} plus lam·I (lam={lam:g}) is singular or ill-conditioned; using the "
         "least-squares (minimum-norm) solution. Increase lam to regularise.",
         RuntimeWarning,
         stacklevel=3,
@@ -54,7 +56,8 @@ class QNG(torch.optim.Optimizer):
     circuit inputs excluded by construction (Stokes et al., "Quantum Natural Gradient",
     Quantum 4, 269 (2020)). Every quantum layer gets its own metric. The linear system
     is solved by Cholesky; if ``g + λI`` is singular (``lam=0`` on a rank-deficient
-    metric) the least-squares solution is used with a ``RuntimeWarning``.
+    metric, condition number above ~1e12) the minimum-norm least-squares solution is
+    used with a ``RuntimeWarning``.
 
     Classical parameters (every other parameter with ``requires_grad``) are updated by
     a wrapped base optimizer, ``"adam"`` (default) or ``"sgd"``, or with
