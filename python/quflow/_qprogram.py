@@ -128,11 +128,14 @@ def record(
     kwargs: dict,
     wires: Sequence,
     batch: int,
+    columns_out: list | None = None,
 ) -> tuple[Program, torch.Tensor]:
     """Record ``func(*args, **kwargs)`` and return its program and angles ``(B, G)``.
 
     Angles are float64 torch tensors carrying the autograd graph back to the
-    inputs and weights.
+    inputs and weights. If ``columns_out`` is a list, it receives one
+    ``(angle, per_sample)`` pair per column: the recorded angle before broadcasting
+    (a scalar when it is shared by all samples).
     """
     with qml.queuing.AnnotatedQueue() as queue:
         result = func(*args, **kwargs)
@@ -165,6 +168,9 @@ def record(
                 )
             col = len(columns)
             columns.append(angle.expand(batch))
+            if columns_out is not None:
+                per_sample = angle.ndim == 1 and angle.shape[0] > 1
+                columns_out.append((angle if per_sample else angle.reshape(()), per_sample))
         gates.append(
             Gate(op.name, tuple(wire_index[w] for w in op.wires), inverse, col)
         )

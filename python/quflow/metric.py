@@ -18,6 +18,7 @@ Gradient", Quantum 4, 269 (2020)):
 The full metric (1) is computed exactly from all derivative states ``|∂_jψ⟩ = −i G_j
 |ψ_after j⟩`` carried forward through the circuit in one sweep (``O(G·gates·2ⁿ)``),
 vectorised over samples and derivative states; no Hadamard tests, no per-entry circuits.
+Block-diag carries only the current layer's derivative states, diag none.
 """
 
 from __future__ import annotations
@@ -164,62 +165,89 @@ def _layers(program: _qp.Program, trainable: list[int]) -> list[tuple[list[int],
 
 
 def _block_metric(program: _qp.Program, angles: np.ndarray, trainable: list[int], diag: bool) -> np.ndarray:
+    """Block-diagonal (or diagonal) metric over the trainable columns: ``(B, T, T)``.
+
+    Within a layer the block equals the full metric's entries (1): the gates of a
+    layer do not depend on each other, so ``⟨∂_kψ|∂_lψ⟩`` reduces to ``⟨G_k G_l⟩`` on
+    the state prepared by their ancestors. One sweep carries only the current layer's
+    derivative states and closes the block when the next layer starts (``"diag"``:
+    ``Var(G_k)`` right after gate k, nothing carried).
+    """
     n, batch = program.n_wires, angles.shape[0]
     position = {c: k for k, c in enumerate(trainable)}
+    layer_of = {}
+    for number, (layer, _) in enumerate(_layers(program, trainable)):
+        for i in layer:
+            layer_of[i] = number
     out = np.zeros((batch, len(trainable), len(trainable)))
-    matrices = [_gate_matrix(gate, angles) for gate in program.gates]
-    for layer, mask in _layers(program, trainable):
-        psi = _initial(batch, n)
-        for i, gate in enumerate(program.gates):
-            if mask >> i & 1:
-                psi = _apply(psi, matrices[i], gate.wires, n)
-        g_psi = np.concatenate(
-            [
-                _apply(psi, _generator(program.gates[i].name, len(program.gates[i].wires)), program.gates[i].wires, n)
-                for i in layer
-            ],
-            axis=1,
-        )  # (B, k, 2**n): G_k |ψ_l⟩
-        second = np.einsum("bkn,bln->bkl", g_psi.conj(), g_psi).real  # ⟨G_k G_l⟩
-        first = np.einsum("bn,bkn->bk", psi[:, 0].conj(), g_psi).real  # ⟨G_k⟩
-        cov = second - np.einsum("bk,bl->bkl", first, first)
-        idx = [position[program.gates[i].column] for i in layer]
-        if diag:
-            for a, p in enumerate(idx):
-                out[:, p, p] = cov[:, a, a]
-        else:
-            out[:, np.ix_(idx, idx)[0], np.ix_(idx, idx)[1]] = cov
+    psi = _initial(batch, n)
+    derivs = np.zeros((batch, 0, 2**n), dtype=np.complex128)
+    current: list[int] = []
+    current_layer = -1
+
+    def close():
+        if current:
+            gram = np.einsum("bin,bjn->bij", derivs.conj(), derivs).real
+            overlap = np.einsum("bin,bn->bi", derivs.conj(), psi[:, 0])
+            block = gram - np.einsum("bi,bj->bij", overlap, overlap.conj()).real
+            out[:, np.ix_(current, current)[0], np.ix_(current, current)[1]] = block
+
+    for i, gate in enumerate(program.gates):
+        m = _gate_matrix(gate, angles)
+        if i in layer_of and diag:
+            psi = _apply(psi, m, gate.wires, n)
+            g_psi = _apply(psi, _generator(gate.name, len(gate.wires)), gate.wires, n)[:, 0]
+            mean = np.einsum("bn,bn->b", psi[:, 0].conj(), g_psi).real
+            p = position[gate.column]
+            out[:, p, p] = np.einsum("bn,bn->b", g_psi.conj(), g_psi).real - mean**2
+            continue
+        if i in layer_of and layer_of[i] != current_layer:
+            close()
+            derivs = derivs[:, :0]
+            current, current_layer = [], layer_of[i]
+        both = _apply(np.concatenate([psi, derivs], axis=1), m, gate.wires, n)
+        psi, derivs = both[:, :1], both[:, 1:]
+        if i in layer_of:
+            gen = _generator(gate.name, len(gate.wires))
+            derivs = np.concatenate([derivs, -1j * _apply(psi, gen, gate.wires, n)], axis=1)
+            current.append(position[gate.column])
+    close()
     return out
 
 
-def _classical_jacobian(angles: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-    """``∂a_bj/∂θ_p`` as ``(B, G, P)`` (or ``(1, G, P)`` when it does not depend on the sample)."""
-    batch, n_angles = angles.shape
+def _classical_jacobian(columns: list, weights: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """``∂a_bj/∂θ_p`` as ``(B, G, P)``, or ``(1, G, P)`` when no column depends on the sample.
+
+    One small backward pass per shared column (a scalar angle), one batched pass per
+    column that differs between samples.
+    """
     sizes = [w.numel() for w in weights]
+    n_params = sum(sizes)
 
-    def batched(outputs: torch.Tensor) -> torch.Tensor:
-        grads = torch.autograd.grad(
-            angles, weights, grad_outputs=outputs, is_grads_batched=True,
-            allow_unused=True, retain_graph=True,
+    def flat(grads, lead):
+        return torch.cat(
+            [
+                torch.zeros(*lead, s, dtype=torch.float64) if g is None else g.reshape(*lead, s).to(torch.float64)
+                for g, s in zip(grads, sizes)
+            ],
+            dim=-1,
         )
-        cols = [
-            torch.zeros(outputs.shape[0], s, dtype=torch.float64) if g is None else g.reshape(outputs.shape[0], -1).to(torch.float64)
-            for g, s in zip(grads, sizes)
-        ]
-        return torch.cat(cols, dim=1)
 
-    eye = torch.eye(n_angles, dtype=angles.dtype)
-    summed = batched(eye[:, None, :].expand(n_angles, batch, n_angles).contiguous())  # Σ_b ∂a_bj/∂θ
-    if batch == 1:
-        return summed[None]
-    r = torch.linspace(0.5, 1.5, batch, dtype=angles.dtype)
-    weighted = batched((eye[:, None, :] * r[None, :, None]).contiguous())
-    if torch.allclose(weighted, summed * (r.sum() / batch), rtol=1e-12, atol=1e-14):
-        return (summed / batch)[None]
-    onehot = torch.zeros(batch * n_angles, batch, n_angles, dtype=angles.dtype)
-    idx = torch.arange(batch * n_angles)
-    onehot[idx, idx // n_angles, idx % n_angles] = 1.0
-    return batched(onehot).reshape(batch, n_angles, -1)
+    per_sample = any(p and a.requires_grad for a, p in columns)
+    jac = torch.zeros(batch if per_sample else 1, len(columns), n_params, dtype=torch.float64)
+    for j, (angle, sample_dependent) in enumerate(columns):
+        if not angle.requires_grad:
+            continue
+        if sample_dependent:
+            grads = torch.autograd.grad(
+                angle, weights, grad_outputs=torch.eye(batch, dtype=angle.dtype),
+                is_grads_batched=True, allow_unused=True, retain_graph=True,
+            )
+            jac[:, j] = flat(grads, (batch,))
+        else:
+            grads = torch.autograd.grad(angle, weights, allow_unused=True, retain_graph=True)
+            jac[:, j] = flat(grads, ())
+    return jac
 
 
 def metric_tensor(
@@ -291,9 +319,10 @@ def metric_tensor(
         args, batch = (), 1
 
     weights = {k: getattr(layer, k).detach().to(torch.float64).requires_grad_(True) for k in layer.weight_shapes}
+    columns: list = []
     with torch.enable_grad():
-        program, angles = _qp.record(layer.circuit, args, weights, layer.wires, batch)
-        jac = _classical_jacobian(angles, list(weights.values()))  # (B|1, G, P)
+        program, angles = _qp.record(layer.circuit, args, weights, layer.wires, batch, columns)
+        jac = _classical_jacobian(columns, list(weights.values()), batch)  # (B|1, G, P)
     trainable = [j for j in range(program.n_angles) if bool(jac[:, j].ne(0).any())]
     n_params = jac.shape[-1]
     if not trainable:
