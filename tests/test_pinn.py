@@ -96,3 +96,21 @@ def test_hybrid_pinn_example_reaches_the_stated_accuracy():
     example = load_example("pinn_sine")
     _, err, _ = example.train(steps=400, points=24, seed=0, log_every=0)
     assert err < 0.05
+
+
+def test_constant_and_linear_models_have_zero_higher_derivatives():
+    x = torch.linspace(0, 1, 4, dtype=torch.float64)
+    _, ux, uxx = derivatives(lambda p: 3 * p, x)
+    assert torch.all(ux == 3) and torch.all(uxx == 0)
+    _, ux, uxx = derivatives(lambda p: torch.ones(4, dtype=p.dtype), x)
+    assert torch.all(ux == 0) and torch.all(uxx == 0)
+
+
+def test_mixing_check_always_probes_the_last_point():
+    x = torch.linspace(0, 1, 10, dtype=torch.float64).reshape(-1, 1)
+
+    def last_depends_on_first(p):
+        return p[:, 0] + torch.cat([torch.zeros(9, dtype=p.dtype), p[0]])
+
+    with pytest.raises(MixingError, match="point 9 depends on the input of point 0"):
+        check_pointwise(last_depends_on_first, x)

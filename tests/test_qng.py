@@ -206,3 +206,26 @@ def test_model_without_quantum_layer_and_step_before_forward():
     model[2].weights.grad = torch.ones_like(model[2].weights)
     with pytest.raises(RuntimeError, match="forward"):
         opt.step()
+
+
+def test_float32_model_survives_state_dict_round_trip_with_metric_reuse():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, N), quflow.templates.strongly_entangling(N, 1), nn.Linear(N, 1))
+    opt = QNG(model, lr=0.05, metric_every=3, classical="fisher")
+    x = torch.rand(4, 2)
+    model(x).sum().backward()
+    opt.step()
+    fresh = QNG(model, lr=0.05, metric_every=3, classical="fisher")
+    fresh.load_state_dict(opt.state_dict())
+    opt.zero_grad()
+    model(x).sum().backward()
+    fresh.step()
+    assert torch.isfinite(model[1].weights).all()
+
+
+def test_metric_rejects_empty_batches_and_bad_widths():
+    layer = quflow.templates.strongly_entangling(2, 1)
+    with pytest.raises(ValueError, match="empty batch"):
+        metric_tensor(layer, torch.zeros(0, 2))
+    with pytest.raises(ValueError, match="2 features|expects 2"):
+        metric_tensor(layer, torch.zeros(3, 0))

@@ -409,3 +409,107 @@ def test_template_arguments_are_validated():
         quflow.templates.data_reuploading(2, 1, rotation="W")
     with pytest.raises(ValueError, match="n_layers"):
         quflow.templates.strongly_entangling(2, 0)
+
+
+# ----------------------------------------------------------------------------- review cases
+
+
+def test_outputs_follow_the_returned_order_and_all_measurements_must_be_returned():
+    def swapped(inputs, weights):
+        qml.RX(weights[0], wires=0)
+        z0 = qml.expval(qml.PauliZ(0))
+        z1 = qml.expval(qml.PauliZ(1))
+        return [z1, z0]
+
+    layer = QuantumLayer(swapped, {"weights": 1}, wires=2).double()
+    with torch.no_grad():
+        layer.weights.fill_(3.0)
+    out = layer(torch.zeros(1, 1, dtype=torch.float64))
+    assert torch.allclose(out, torch.tensor([[1.0, math.cos(3.0)]], dtype=torch.float64), atol=1e-14)
+
+    def dropped(inputs, weights):
+        qml.RX(weights[0], wires=0)
+        qml.expval(qml.PauliZ(1))
+        return qml.expval(qml.PauliZ(0))
+
+    with pytest.raises(ValueError, match="must return every measurement"):
+        QuantumLayer(dropped, {"weights": 1}, wires=2)(torch.zeros(1, 1))
+
+    def outside(inputs, weights):
+        qml.RX(weights[0], wires=0)
+        return qml.expval(qml.PauliZ(3))
+
+    with pytest.raises(ValueError, match="measurement .* not in the layer's wires"):
+        QuantumLayer(outside, {"weights": 1}, wires=1)(torch.zeros(1, 1))
+
+
+def test_weight_check_is_robust_to_zero_inputs_frozen_weights_and_no_grad():
+    def scaled(inputs, w):
+        qml.RY(w[0] * inputs[..., 0], wires=0)
+        return qml.expval(qml.PauliZ(0))
+
+    QuantumLayer(scaled, {"w": 1}, wires=1)(torch.zeros(2, 1))  # x = 0 hides no weight
+    frozen = QuantumLayer(scaled, {"w": 1}, wires=1)
+    frozen.w.requires_grad_(False)
+    frozen(torch.rand(2, 1))
+
+    def unused(inputs, w):
+        qml.RY(w[0] * inputs[..., 0], wires=0)
+        return qml.expval(qml.PauliZ(0))
+
+    with torch.no_grad(), pytest.raises(ValueError, match="uses 1 of them"):
+        QuantumLayer(unused, {"w": 2}, wires=1)(torch.rand(2, 1))
+
+
+def test_failed_first_call_leaves_no_state():
+    def two_features(inputs, weights):
+        qml.RX(inputs[..., 1] + weights[0], wires=0)
+        return qml.expval(qml.PauliZ(0))
+
+    layer = QuantumLayer(two_features, {"weights": 1}, wires=1)
+    with pytest.raises(ValueError, match="recording the circuit"):
+        layer(torch.rand(3, 1))
+    assert layer.input_size is None and layer._last_inputs is None
+    assert layer(torch.rand(3, 2)).shape == (3,)
+
+
+def test_threads_calling_one_layer_get_serial_results():
+    import threading
+
+    layer = quflow.templates.strongly_entangling(4, 2).double()
+    xs = [torch.rand(16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    with torch.no_grad():
+        serial = [layer(x) for x in xs]
+        results = [None] * 4
+
+        def work(i):
+            for _ in range(3):
+                results[i] = layer(xs[i])
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert all(torch.equal(a, b) for a, b in zip(serial, results))
+
+
+def test_device_instance_with_labelled_wires():
+    def circuit(inputs, weights):
+        qml.RY(inputs[..., 0], wires="a")
+        qml.CNOT(wires=["a", "b"])
+        qml.RX(weights[0], wires="b")
+        return qml.expval(qml.PauliZ("b") @ qml.PauliX("a"))
+
+    dev = qml.device("default.qubit", wires=["a", "b"])
+    torch.manual_seed(0)
+    ours = QuantumLayer(circuit, {"weights": 1}, wires=["a", "b"], device=dev, diff_method="parameter-shift").double()
+    torch.manual_seed(0)
+    ref = QuantumLayer(circuit, {"weights": 1}, wires=["a", "b"], device=dev, diff_method="backprop").double()
+    x = torch.tensor([[0.4], [1.2]], dtype=torch.float64)
+    assert torch.allclose(ours(x), ref(x), atol=TOL, rtol=0)
+
+
+def test_set_lightning_threads_type():
+    with pytest.raises(TypeError, match="must be an int"):
+        quflow.set_lightning_threads("2")

@@ -17,6 +17,7 @@ engine evaluates ``f(A)`` of shape ``(B, M)`` and the vector–Jacobian product
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -178,6 +179,22 @@ def record(
     measurements = tape.measurements
     if not measurements:
         raise ValueError("QuantumLayer: the circuit measures nothing; return qml.expval(...)")
+    returned = list(result) if isinstance(result, (list, tuple)) else [result]
+    if len(returned) != len(measurements) or any(
+        not any(r is m for m in measurements) for r in returned
+    ):
+        raise ValueError(
+            "QuantumLayer: the circuit must return every measurement it makes "
+            f"(queued {len(measurements)}, returned {len(returned)} of them)"
+        )
+    measurements = returned  # the order the circuit returns them
+    for mp in measurements:
+        unknown = [w for w in getattr(mp, "wires", []) if w not in wire_index]
+        if unknown:
+            raise ValueError(
+                f"QuantumLayer: measurement {mp} acts on wires {unknown} that are not in "
+                f"the layer's wires {list(wires)}"
+            )
     terms, matrices = [], []
     for mp in measurements:
         if not isinstance(mp, qml.measurements.ExpectationMP) or mp.obs is None:
@@ -274,6 +291,7 @@ class LightningEngine:
             self._coeffs += coeffs
             self._owner += [m] * len(objs)
             self._meas_obs.append(HamiltonianC128(coeffs, objs) if objs else None)
+        self._lock = threading.Lock()  # one state vector per engine: serialise runs
         self._coeffs_np = np.asarray(self._coeffs, dtype=np.float64)
         self._owner_np = np.asarray(self._owner, dtype=np.int64)
         self.dim = 2**n
@@ -303,6 +321,10 @@ class LightningEngine:
 
     def run(self, angles: np.ndarray, keep_states: bool = True):
         """Values ``(B, M)`` and, if asked, final states ``(B, 2**n)``."""
+        with self._lock:
+            return self._run(angles, keep_states)
+
+    def _run(self, angles: np.ndarray, keep_states: bool):
         batch = angles.shape[0]
         const = self._const
         if self._pauli_only:
@@ -326,6 +348,10 @@ class LightningEngine:
 
     def vjp(self, angles: np.ndarray, cotangent: np.ndarray, states=None) -> np.ndarray:
         """``Σ_m g_bm ∂f_bm/∂A_bj`` of shape ``(B, G)`` by one adjoint sweep per sample."""
+        with self._lock:
+            return self._vjp(angles, cotangent, states)
+
+    def _vjp(self, angles: np.ndarray, cotangent: np.ndarray, states) -> np.ndarray:
         batch, n_angles = angles.shape
         out = np.zeros((batch, n_angles))
         if n_angles == 0 or not self._obs:
@@ -352,9 +378,10 @@ class LightningEngine:
 class DeviceEngine:
     """Executes a program through any PennyLane device (``qml.execute``, no shots)."""
 
-    def __init__(self, program: Program, device: Any) -> None:
+    def __init__(self, program: Program, device: Any, wires: Sequence) -> None:
         self.program = program
         self.device = device
+        label = list(wires)
         ops_by_name = {}
         for g in program.gates:
             ops_by_name[g.name] = getattr(qml, g.name)
@@ -362,24 +389,26 @@ class DeviceEngine:
         observables = []
         for terms, matrix in zip(program.terms, program.matrices):
             if matrix is not None:
-                observables.append(qml.Hermitian(matrix[0], wires=list(matrix[1])))
+                observables.append(qml.Hermitian(matrix[0], wires=[label[w] for w in matrix[1]]))
                 continue
             parts = []
             for c, paulis in terms:
                 word = (
-                    qml.prod(*[getattr(qml, "Pauli" + p)(w) for w, p in paulis])
+                    qml.prod(*[getattr(qml, "Pauli" + p)(label[w]) for w, p in paulis])
                     if paulis
-                    else qml.Identity(0)
+                    else qml.Identity(label[0])
                 )
                 parts.append(c * word)
             observables.append(qml.sum(*parts) if len(parts) > 1 else parts[0])
         self._observables = observables
+        self._labels = label
 
     def _tape(self, row: np.ndarray):
         ops = []
         for g in self.program.gates:
             cls = self._ops[g.name]
-            op = cls(float(row[g.column]), wires=list(g.wires)) if g.column >= 0 else cls(wires=list(g.wires))
+            wires = [self._labels[w] for w in g.wires]
+            op = cls(float(row[g.column]), wires=wires) if g.column >= 0 else cls(wires=wires)
             ops.append(qml.adjoint(op) if g.inverse else op)
         return qml.tape.QuantumScript(ops, [qml.expval(o) for o in self._observables])
 

@@ -15,6 +15,12 @@ Gradient", Quantum 4, 269 (2020)):
   zero between layers;
 * ``"diag"``: the diagonal of that, ``Var(G_k)``.
 
+Note: PennyLane 0.45.1's ``qml.metric_tensor(approx="block-diag")`` disagrees with its own
+``qml.adjoint_metric_tensor`` (and with this module) on cross terms between a
+``PhaseShift`` and another gate of the same layer; with ``RZ`` (the same gate up to a
+global phase, which the metric ignores) all three agree. quflow's blocks equal the exact
+metric's entries.
+
 The full metric (1) is computed exactly from all derivative states ``|∂_jψ⟩ = −i G_j
 |ψ_after j⟩`` carried forward through the circuit in one sweep (``O(G·gates·2ⁿ)``),
 vectorised over samples and derivative states; no Hadamard tests, no per-entry circuits.
@@ -310,6 +316,8 @@ def metric_tensor(
         layer._validate_inputs(inputs)
         x = inputs.detach().to(torch.float64)
         x = x[None] if x.ndim == 1 else x
+        if x.shape[0] == 0:
+            raise ValueError("inputs have an empty batch")
         if max_samples is not None and x.shape[0] > max_samples:
             x = x[:: -(-x.shape[0] // max_samples)]
         args, batch = (x,), x.shape[0]
@@ -321,7 +329,7 @@ def metric_tensor(
     weights = {k: getattr(layer, k).detach().to(torch.float64).requires_grad_(True) for k in layer.weight_shapes}
     columns: list = []
     with torch.enable_grad():
-        program, angles = _qp.record(layer.circuit, args, weights, layer.wires, batch, columns)
+        program, angles = layer._record(args, weights, batch, columns)
         jac = _classical_jacobian(columns, list(weights.values()), batch)  # (B|1, G, P)
     trainable = [j for j in range(program.n_angles) if bool(jac[:, j].ne(0).any())]
     n_params = jac.shape[-1]

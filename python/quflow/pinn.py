@@ -51,7 +51,8 @@ def _scalar_outputs(u: torch.Tensor, n: int) -> torch.Tensor:
 def check_pointwise(model: Callable, x: torch.Tensor, *, probes: int = 2, rtol: float = 1e-10) -> None:
     """Raise :class:`MixingError` if the model's output at one point depends on another.
 
-    Evaluates ``model(x)`` and, for ``probes`` rows ``i`` (first and last, ...),
+    Evaluates ``model(x)`` and, for ``probes`` rows ``i`` (always the first and the
+    last, the rest evenly spaced),
     the gradient ``∂u_i/∂x``: every row ``j ≠ i`` of it must vanish
     (``|∂u_i/∂x_j| ≤ rtol · max|∂u_i/∂x_i|``).
 
@@ -71,7 +72,10 @@ def check_pointwise(model: Callable, x: torch.Tensor, *, probes: int = 2, rtol: 
         return
     xs = x.detach().clone().requires_grad_(True)
     u = _scalar_outputs(model(xs), n)
-    rows = sorted({0, n - 1, *range(0, n, max(1, n // max(1, probes)))})[: max(probes, 2)]
+    if not u.requires_grad:  # the outputs do not depend on x at all
+        return
+    step = max(1, (n - 1) // max(1, probes - 1))
+    rows = sorted({0, n - 1, *range(0, n, step)[: max(probes - 1, 1)]})
     for i in rows:
         (g,) = torch.autograd.grad(u[i], xs, retain_graph=True, allow_unused=True)
         if g is None:
@@ -142,15 +146,19 @@ def derivatives(
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
     u = _scalar_outputs(model(x), x.shape[0])
+
+    def grad(y: torch.Tensor) -> torch.Tensor:
+        if not y.requires_grad:  # y does not depend on x (e.g. a constant): zero
+            return torch.zeros_like(x)
+        (g,) = torch.autograd.grad(y.sum(), x, create_graph=True, allow_unused=True)
+        return torch.zeros_like(x) if g is None else g
+
     out = [u]
     if order >= 1:
-        (ux,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+        ux = grad(u)
         out.append(ux)
     if order >= 2:
-        cols = []
         flat = ux.reshape(x.shape[0], -1)
-        for k in range(flat.shape[1]):
-            (g,) = torch.autograd.grad(flat[:, k].sum(), x, create_graph=True)
-            cols.append(g.reshape(x.shape[0], -1)[:, k])
+        cols = [grad(flat[:, k]).reshape(x.shape[0], -1)[:, k] for k in range(flat.shape[1])]
         out.append(torch.stack(cols, dim=1).reshape(x.shape))
     return tuple(out)

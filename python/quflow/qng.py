@@ -217,6 +217,8 @@ class QNG(torch.optim.Optimizer):
             [(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1).to(torch.float64) for p in params]
         )
         metric = state.get("metric")
+        if metric is not None:  # load_state_dict casts state to the parameters' dtype
+            metric = metric.to(torch.float64)
         if metric is None or state.get("metric_age", 0) >= self.metric_every:
             inputs = getattr(layer, "_last_inputs", None)
             if layer._has_inputs and inputs is None:
@@ -247,6 +249,7 @@ class QNG(torch.optim.Optimizer):
         grad = torch.cat([p.grad.reshape(-1).to(torch.float64) for p in params])
         state = self.state[params[0]]
         fisher = state.get("fisher")
+        fisher = None if fisher is None else fisher.to(torch.float64)
         outer = torch.outer(grad, grad)
         beta = self.fisher_decay
         fisher = outer if fisher is None or fisher.shape != outer.shape else beta * fisher + (1 - beta) * outer

@@ -137,7 +137,9 @@ def set_lightning_threads(threads: int) -> None:
     """Set the OpenMP threads of lightning.qubit's kernels (the calling thread).
 
     :class:`QuantumLayer` runs the samples of a batch one after the other and calls
-    this with ``threads=1`` on first use unless ``OMP_NUM_THREADS`` is set: at the
+    this with ``threads=1`` on first use unless ``OMP_NUM_THREADS`` is set (OpenMP
+    keeps this per calling thread, and it also applies to the user's own lightning
+    QNodes on that thread): at the
     small qubit counts of hybrid models the kernels' OpenMP regions cost more than
     they save, and on a 2-core machine they compete with torch's own threads
     (5–50× slower small circuits were measured with the default). Call it with a
@@ -149,7 +151,9 @@ def set_lightning_threads(threads: int) -> None:
     Raises:
         ValueError: if ``threads < 1``.
     """
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+    if not isinstance(threads, int) or isinstance(threads, bool):
+        raise TypeError(f"threads must be an int, got {type(threads).__name__}")
+    if threads < 1:
         raise ValueError(f"threads must be a positive int, got {threads!r}")
     lib = _lightning_omp()
     if lib is not None:
@@ -191,8 +195,8 @@ class QuantumLayer(nn.Module):
             ``qml.QNode`` wrapping such a function (its function is used).
         weight_shapes: ``{name: shape}`` of the trainable weights, in order.
         wires: number of wires or a sequence of wire labels.
-        device: ``"lightning.qubit"`` (default), ``"default.qubit"``, or any
-            PennyLane device instance/name.
+        device: ``"lightning.qubit"`` (default), ``"default.qubit"``, or another
+            PennyLane device name or instance (its wires are the layer's wires).
         diff_method: ``"adjoint"`` (default; lightning only), ``"parameter-shift"``
             (any device; ``2G`` circuits per sample), or ``"backprop"``
             (``default.qubit`` only; PennyLane's torch simulation, like TorchLayer).
@@ -203,8 +207,8 @@ class QuantumLayer(nn.Module):
     Shapes:
         inputs ``(B, input_size)`` or ``(input_size,)`` → outputs ``(B, M)`` or
         ``(M,)`` for ``M`` measurements (``(B,)`` / ``()`` for a single
-        ``qml.expval``). Outputs have the weights' dtype; the simulation runs in
-        complex128.
+        ``qml.expval``), in the order the circuit returns them. Outputs have the
+        promoted dtype of weights and inputs; the simulation runs in complex128.
 
     Raises:
         ValueError: unknown device/diff_method combination, weight names that do not
@@ -212,6 +216,8 @@ class QuantumLayer(nn.Module):
             circuit is first recorded), wrong input width, NaN/Inf inputs, or an
             operation that cannot be expanded.
         TypeError: non-tensor or complex inputs.
+
+    A layer may be called from several threads: each engine serialises its runs.
 
     Example:
         >>> import pennylane as qml, torch, quflow
@@ -326,7 +332,7 @@ class QuantumLayer(nn.Module):
                 _default_threads()
                 engine = _qp.LightningEngine(program)
             else:
-                engine = _qp.DeviceEngine(program, self._device_instance())
+                engine = _qp.DeviceEngine(program, self._device_instance(), self.wires)
             if self.diff_method == "parameter-shift":
                 engine = _qp.ShiftEngine(engine)
             self._engines[key] = engine
@@ -351,16 +357,28 @@ class QuantumLayer(nn.Module):
         if not torch.isfinite(inputs.detach()).all():
             raise ValueError("inputs contain NaN or Inf")
 
-    def _check_weights_used(self, angles: torch.Tensor) -> None:
-        """First call: every weight entry must reach some gate angle."""
-        weights = [w for w in self._weights().values()]
-        if not weights or angles.numel() == 0 or not angles.requires_grad:
+    def _check_weights_used(self, args, batch) -> None:
+        """First call: every weight entry must reach some gate angle.
+
+        Runs on detached copies at random inputs (so zeros in the user's batch, frozen
+        weights or ``torch.no_grad`` cannot hide or fake a dependence).
+        """
+        if not self.weight_shapes:
             return
-        probe = torch.rand(angles.shape, dtype=angles.dtype, generator=torch.Generator().manual_seed(0)) + 0.5
-        grads = torch.autograd.grad(
-            (angles * probe).sum(), weights, allow_unused=True, retain_graph=True
-        )
-        for (name, w), g in zip(self._weights().items(), grads):
+        gen = torch.Generator().manual_seed(0)
+        with torch.enable_grad():
+            copies = {
+                k: (torch.rand(w.shape, generator=gen, dtype=torch.float64) * 2 + 0.5).requires_grad_(True)
+                for k, w in self._weights().items()
+            }
+            probe_args = tuple(torch.rand(a.shape, generator=gen, dtype=torch.float64) + 0.5 for a in args)
+            _, angles = self._record(probe_args, copies, batch)
+            if angles.numel() == 0 or not angles.requires_grad:
+                grads = [None] * len(copies)
+            else:
+                probe = torch.rand(angles.shape, dtype=angles.dtype, generator=gen) + 0.5
+                grads = torch.autograd.grad((angles * probe).sum(), list(copies.values()), allow_unused=True)
+        for (name, w), g in zip(copies.items(), grads):
             used = 0 if g is None else int(g.ne(0).sum())
             if used != w.numel():
                 raise ValueError(
@@ -379,7 +397,7 @@ class QuantumLayer(nn.Module):
 
         Returns:
             ``(B, M)`` / ``(M,)`` expectation values (``(B,)`` / ``()`` for a single
-            measurement), in the weights' dtype.
+            measurement), in the promoted dtype of weights and inputs.
         """
         weights = self._weights()
         dtype = next(iter(weights.values())).dtype if weights else torch.get_default_dtype()
@@ -389,12 +407,8 @@ class QuantumLayer(nn.Module):
             self._validate_inputs(inputs)
             unbatched = inputs.ndim == 1
             batched = inputs[None] if unbatched else inputs
-            if self.input_size is None:
-                self.input_size = batched.shape[-1]
-            self._last_inputs = batched.detach()  # the batch quflow.QNG's metric averages over
             args, batch = (batched,), batched.shape[0]
-            if dtype == torch.float32 or inputs.dtype == torch.float64:
-                dtype = torch.promote_types(dtype, inputs.dtype)
+            dtype = torch.promote_types(dtype, inputs.dtype)
         else:
             if inputs is not None:
                 raise ValueError("this circuit has no 'inputs' argument; call the layer with no arguments")
@@ -404,25 +418,29 @@ class QuantumLayer(nn.Module):
 
         if self.diff_method == "backprop":
             values = self._backprop(args, weights)
-            return (values[0] if unbatched else values).to(dtype)
+        else:
+            program, angles = self._record(args, weights, batch)
+            if not self._checked:
+                self._check_weights_used(args, batch)
+                self._checked = True
+            values, _ = _Expval.apply(angles, self._engine(program), True)
+            if program.single_output:
+                values = values[:, 0]
+        if self._has_inputs:
+            if self.input_size is None:
+                self.input_size = batched.shape[-1]
+            self._last_inputs = batched.detach()  # the batch quflow.QNG's metric averages over
+        return (values[0] if unbatched else values).to(dtype)
 
+    def _record(self, args, weights, batch, columns=None):
         try:
-            program, angles = _qp.record(self.circuit, args, weights, self.wires, batch)
-        except (ValueError, TypeError, IndexError) as err:
+            return _qp.record(self.circuit, args, weights, self.wires, batch, columns)
+        except (ValueError, TypeError, IndexError, KeyError) as err:
             shapes = {k: tuple(v.shape) for k, v in weights.items()}
             raise ValueError(
                 f"QuantumLayer: recording the circuit with inputs of shape "
                 f"{tuple(args[0].shape) if args else None} and weights {shapes} failed: {err}"
             ) from err
-        if not self._checked:
-            self._check_weights_used(angles)
-            self._checked = True
-        values, _ = _Expval.apply(angles, self._engine(program), True)
-        if program.single_output:
-            values = values[:, 0]
-        if unbatched:
-            values = values[0]
-        return values.to(dtype)
 
     def _backprop(self, args, weights):
         import pennylane as qml

@@ -92,7 +92,7 @@ def hybrid_head(
     for name, value in (("in_features", in_features), ("out_features", out_features)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    dtype = next(quantum.parameters()).dtype
+    dtype = next(quantum.parameters(), torch.empty(0)).dtype
     with torch.no_grad():
         n_out = quantum(torch.zeros(1, quantum.input_size, dtype=dtype)).reshape(1, -1).shape[1]
     return nn.Sequential(
