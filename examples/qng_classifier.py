@@ -4,7 +4,8 @@ Two interleaved half-moons (300 training, 300 test points). Model: Linear(2→4)
 → 4-qubit circuit (angle embedding + 2 strongly entangling layers) → Linear(4→1).
 QNG: the circuit weights take natural-gradient steps (full metric averaged over 32 of the
 batch's inputs), the classical layers Adam; baseline: Adam on everything. Full-batch
-steps; the same initial model; epochs to 90 % test accuracy and wall time are printed.
+steps; the same initial model; epochs to a training loss below 0.3, the final test
+accuracy and wall time are printed.
 
     python examples/qng_classifier.py     # ~1 min on one core
 """
@@ -43,7 +44,7 @@ def build(seed: int = 0) -> nn.Module:
     ).double()
 
 
-def train(method: str, epochs: int = 60, lr: float = 0.05, seed: int = 0, verbose: bool = False) -> dict:
+def train(method: str, epochs: int = 100, lr: float = 0.05, seed: int = 0, verbose: bool = False) -> dict:
     x, y = moons(300, seed)
     x_test, y_test = moons(300, seed + 1)
     model = build(seed)
@@ -52,7 +53,7 @@ def train(method: str, epochs: int = 60, lr: float = 0.05, seed: int = 0, verbos
     else:
         opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.BCEWithLogitsLoss()
-    start, reached, history = time.perf_counter(), None, []
+    start, reached, history, loss_value = time.perf_counter(), None, [], float("nan")
     for epoch in range(1, epochs + 1):
         loss = loss_fn(model(x)[:, 0], y)
         opt.zero_grad()
@@ -61,23 +62,30 @@ def train(method: str, epochs: int = 60, lr: float = 0.05, seed: int = 0, verbos
         with torch.no_grad():
             acc = ((model(x_test)[:, 0] > 0).double() == y_test).double().mean().item()
         history.append(acc)
-        if reached is None and acc >= 0.9:
+        loss_value = loss.item()
+        if reached is None and loss_value < 0.3:
             reached = epoch
-        if verbose and epoch % 10 == 0:
+        if verbose and epoch % 20 == 0:
             print(f"  {method} epoch {epoch:3d} loss {loss.item():.4f} test accuracy {acc:.3f}")
-    return {"epochs_to_90": reached, "final_accuracy": history[-1], "seconds": time.perf_counter() - start}
+    return {
+        "epochs_to_loss_0.3": reached,
+        "final_loss": loss_value,
+        "final_accuracy": history[-1],
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--lr", type=float, default=0.05)
     args = parser.parse_args()
     torch.set_num_threads(1)
     for method in ("qng", "adam"):
         r = train(method, args.epochs, args.lr, verbose=True)
         print(
-            f"{method}: 90 % test accuracy after {r['epochs_to_90']} epochs; final {r['final_accuracy']:.3f}; "
+            f"{method}: training loss < 0.3 after {r['epochs_to_loss_0.3']} epochs; final loss "
+            f"{r['final_loss']:.4f}, test accuracy {r['final_accuracy']:.3f}; "
             f"{r['seconds']:.1f} s for {args.epochs} epochs"
         )
 

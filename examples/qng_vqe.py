@@ -2,11 +2,13 @@
 
 Ground state of the 4-qubit transverse-field Ising chain H = −Σ Z_i Z_{i+1} − Σ X_i
 (open boundary) with a hardware-efficient ansatz (RY/RZ on every wire, CNOT chain; 3
-layers; 24 parameters) started near the identity. For every optimizer the step size is
-the best of a small grid (fewest steps to reach E − E₀ < 0.01, E₀ from exact
-diagonalisation); steps and wall time to the target are printed.
+layers; 24 parameters) from 5 random starts (angles uniform in [0, 2π)). For every
+optimizer the step size is the best of a grid (lowest median number of steps to reach
+E − E₀ < 0.01, E₀ from exact diagonalisation; a run that misses counts as the cap);
+median steps, the number of starts that reached the target, and the median wall time
+of the runs that did are printed.
 
-    python examples/qng_vqe.py     # ~1 min on one core
+    python examples/qng_vqe.py     # ~2-3 min on one core
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ HAMILTONIAN = qml.Hamiltonian(
     [-1.0] * (N - 1) + [-1.0] * N,
     [qml.PauliZ(i) @ qml.PauliZ(i + 1) for i in range(N - 1)] + [qml.PauliX(i) for i in range(N)],
 )
-LEARNING_RATES = (0.01, 0.03, 0.1, 0.3)
+LEARNING_RATES = (0.01, 0.03, 0.1, 0.3, 1.0)
+SEEDS = 5
 
 
 def ansatz(weights):
@@ -46,7 +49,8 @@ def run(method: str, lr: float, steps: int, target: float, seed: int = 0) -> dic
     """One optimisation; returns steps to reach ``target`` (or None), final energy, seconds."""
     layer = quflow.QuantumLayer(ansatz, {"weights": (LAYERS, N, 2)}, wires=N).double()
     with torch.no_grad():
-        layer.weights.copy_(0.1 * torch.randn(LAYERS, N, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+        gen = torch.Generator().manual_seed(seed)
+        layer.weights.copy_(2 * np.pi * torch.rand(LAYERS, N, 2, dtype=torch.float64, generator=gen))
     if method == "adam":
         opt = torch.optim.Adam(layer.parameters(), lr=lr)
     elif method == "gd":
@@ -66,19 +70,33 @@ def run(method: str, lr: float, steps: int, target: float, seed: int = 0) -> dic
     return {"steps": reached, "energy": energy, "seconds": time.perf_counter() - start}
 
 
-def compare(steps: int = 200, tolerance: float = 0.01, rates=LEARNING_RATES, verbose: bool = True) -> dict:
-    """Best step size per method; returns {method: (lr, result)}."""
+def compare(steps: int = 200, tolerance: float = 0.01, rates=LEARNING_RATES, seeds: int = SEEDS, verbose: bool = True) -> dict:
+    """Best step size per method by median steps over ``seeds`` starts.
+
+    Returns ``{method: {"lr", "median_steps", "reached", "median_seconds"}}``.
+    """
     e0 = ground_energy()
     target = e0 + tolerance
     best = {}
     for method in ("qng:full", "qng:block-diag", "adam", "gd"):
-        results = [(lr, run(method, lr, steps, target)) for lr in rates]
-        done = [(lr, r) for lr, r in results if r["steps"] is not None]
-        best[method] = min(done, key=lambda t: t[1]["steps"]) if done else min(results, key=lambda t: t[1]["energy"])
+        candidates = []
+        for lr in rates:
+            runs = [run(method, lr, steps, target, seed) for seed in range(seeds)]
+            counts = [r["steps"] if r["steps"] is not None else steps for r in runs]
+            done = [r for r in runs if r["steps"] is not None]
+            candidates.append({
+                "lr": lr,
+                "median_steps": float(np.median(counts)),
+                "reached": len(done),
+                "median_seconds": float(np.median([r["seconds"] for r in done])) if done else float("nan"),
+            })
+        best[method] = min(candidates, key=lambda c: (c["median_steps"], -c["reached"]))
         if verbose:
-            lr, r = best[method]
-            reached = f"{r['steps']} steps" if r["steps"] is not None else f"not in {steps} steps (E = {r['energy']:.4f})"
-            print(f"{method:16s} lr {lr:<5g} {reached:>28s}  {r['seconds']:.2f} s")
+            c = best[method]
+            print(
+                f"{method:16s} lr {c['lr']:<5g} median {c['median_steps']:5.0f} steps, "
+                f"{c['reached']}/{seeds} reached, {c['median_seconds']:.2f} s"
+            )
     return {"ground_energy": e0, "best": best}
 
 

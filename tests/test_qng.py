@@ -229,3 +229,21 @@ def test_metric_rejects_empty_batches_and_bad_widths():
         metric_tensor(layer, torch.zeros(0, 2))
     with pytest.raises(ValueError, match="2 features|expects 2"):
         metric_tensor(layer, torch.zeros(3, 0))
+
+
+def test_vqe_demo_qng_beats_gradient_descent_at_the_same_step_size():
+    from test_pinn import load_example
+
+    demo = load_example("qng_vqe")
+    target = demo.ground_energy() + 0.01
+    qng = demo.run("qng:full", 0.1, 150, target, seed=0)
+    gd = demo.run("gd", 0.1, 150, target, seed=0)
+    assert qng["steps"] is not None
+    assert gd["steps"] is None or qng["steps"] < gd["steps"]
+
+
+def test_classifier_demo_runs():
+    from test_pinn import load_example
+
+    result = load_example("qng_classifier").train("qng", epochs=2)
+    assert np.isfinite(result["final_loss"]) and 0 <= result["final_accuracy"] <= 1
