@@ -513,3 +513,12 @@ def test_device_instance_with_labelled_wires():
 def test_set_lightning_threads_type():
     with pytest.raises(TypeError, match="must be an int"):
         quflow.set_lightning_threads("2")
+
+
+def test_torch_func_transforms_get_a_clear_error():
+    layer = quflow.templates.strongly_entangling(2, 1).double()
+    x = torch.rand(3, 2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="does not support torch.func transforms"):
+        torch.func.vmap(layer)(x)
+    with pytest.raises(RuntimeError, match="does not support torch.func transforms"):
+        torch.func.grad(lambda w: torch.func.functional_call(layer, {"weights": w}, (x,)).sum())(layer.weights.detach())

@@ -399,6 +399,13 @@ class QuantumLayer(nn.Module):
             ``(B, M)`` / ``(M,)`` expectation values (``(B,)`` / ``()`` for a single
             measurement), in the promoted dtype of weights and inputs.
         """
+        functorch = getattr(torch._C._functorch, "peek_interpreter_stack", lambda: None)
+        if functorch() is not None:
+            raise RuntimeError(
+                "QuantumLayer does not support torch.func transforms (grad, vmap, jacrev): its "
+                "circuits run in lightning's C++ state vector. Use torch.autograd.grad(..., "
+                "create_graph=True), whose derivatives are exact to any order, or quflow.pinn.derivatives"
+            )
         weights = self._weights()
         dtype = next(iter(weights.values())).dtype if weights else torch.get_default_dtype()
         if self._has_inputs:
