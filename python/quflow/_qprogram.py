@@ -300,6 +300,7 @@ class LightningEngine:
         self._pauli_only = all(m is None for m in program.matrices)
         index = np.arange(self.dim)
         self._words = []
+        diagonal = []
         for m, terms in enumerate(program.terms):
             for c, paulis in terms:
                 if not paulis:
@@ -312,7 +313,15 @@ class LightningEngine:
                     n_y += p == "Y"
                 parity = np.array([bin(j & z).count("1") & 1 for j in range(self.dim)])
                 phase = (1j**n_y) * (1 - 2 * parity)
-                self._words.append((m, c, index ^ x, phase.astype(np.complex128)))
+                if x == 0:  # diagonal word (Z's only): ⟨P⟩ = Σ_j |ψ_j|² (−1)^{popcount(j & z)}
+                    diagonal.append((m, c, phase.real))
+                else:
+                    self._words.append((m, c, index ^ x, phase.astype(np.complex128)))
+        # all diagonal words at once: probabilities (B, 2**n) @ signs (2**n, W) → (B, W)
+        self._diag_owner = np.array([m for m, _, _ in diagonal], dtype=np.int64)
+        self._diag_signs = (
+            np.stack([c * sign for _, c, sign in diagonal], axis=1) if diagonal else np.zeros((self.dim, 0))
+        )
 
     def _prepare(self, row: np.ndarray) -> None:
         self._sv.resetStateVector()
@@ -333,6 +342,9 @@ class LightningEngine:
                 self._prepare(angles[b])
                 self._sv.getState(states[b])
             values = np.tile(np.asarray(const, dtype=np.float64), (batch, 1))
+            if self._diag_signs.shape[1]:
+                probs = states.real**2 + states.imag**2
+                np.add.at(values, (slice(None), self._diag_owner), probs @ self._diag_signs)
             for m, c, perm, phase in self._words:
                 values[:, m] += c * np.einsum("bj,bj->b", states[:, perm].conj(), states * phase).real
             return values, (states if keep_states else None)
