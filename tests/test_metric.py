@@ -12,7 +12,6 @@ import pytest
 import torch
 from pennylane import numpy as pnp
 
-import quflow
 from quflow import QuantumLayer, metric_tensor
 
 TOL = 1e-10

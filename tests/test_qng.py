@@ -4,7 +4,6 @@ torch optimizer conventions; singular metrics; bad input."""
 from __future__ import annotations
 
 import copy
-import warnings
 
 import numpy as np
 import pennylane as qml

@@ -63,7 +63,6 @@ class Program:
 
     n_wires: int
     gates: tuple[Gate, ...]
-    n_angles: int
     terms: tuple[tuple[tuple[float, tuple[tuple[int, str], ...]], ...], ...]
     matrices: tuple[Any, ...]
     single_output: bool
@@ -71,6 +70,10 @@ class Program:
     @property
     def n_outputs(self) -> int:
         return len(self.terms)
+
+    @property
+    def n_angles(self) -> int:
+        return sum(g.column >= 0 for g in self.gates)
 
     def key(self) -> tuple:
         """Hashable structure (for caching engines); matrices by content."""
@@ -142,15 +145,18 @@ def record(
         result = func(*args, **kwargs)
     tape = qml.tape.QuantumScript.from_queue(queue)
     wire_index = {w: i for i, w in enumerate(wires)}
-    for op in tape.operations:
-        unknown = [w for w in op.wires if w not in wire_index]
+
+    def check_wires(what: Any, name: str) -> None:
+        unknown = [w for w in what.wires if w not in wire_index]
         if unknown:
             raise ValueError(
-                f"QuantumLayer: {op.name} acts on wires {unknown} that are not in the "
+                f"QuantumLayer: {name} acts on wires {unknown} that are not in the "
                 f"layer's wires {list(wires)}"
             )
+
     expanded: list = []
     for op in tape.operations:
+        check_wires(op, op.name)
         _expand(op, expanded)
 
     gates, columns = [], []
@@ -179,7 +185,8 @@ def record(
     measurements = tape.measurements
     if not measurements:
         raise ValueError("QuantumLayer: the circuit measures nothing; return qml.expval(...)")
-    returned = list(result) if isinstance(result, (list, tuple)) else [result]
+    single = not isinstance(result, (list, tuple))
+    returned = [result] if single else list(result)
     if len(returned) != len(measurements) or any(
         not any(r is m for m in measurements) for r in returned
     ):
@@ -187,16 +194,9 @@ def record(
             "QuantumLayer: the circuit must return every measurement it makes "
             f"(queued {len(measurements)}, returned {len(returned)} of them)"
         )
-    measurements = returned  # the order the circuit returns them
-    for mp in measurements:
-        unknown = [w for w in getattr(mp, "wires", []) if w not in wire_index]
-        if unknown:
-            raise ValueError(
-                f"QuantumLayer: measurement {mp} acts on wires {unknown} that are not in "
-                f"the layer's wires {list(wires)}"
-            )
     terms, matrices = [], []
-    for mp in measurements:
+    for mp in returned:  # the order the circuit returns them
+        check_wires(mp, f"measurement {mp}")
         if not isinstance(mp, qml.measurements.ExpectationMP) or mp.obs is None:
             raise ValueError(
                 f"QuantumLayer: only expectation values are supported, got {mp}; "
@@ -205,7 +205,6 @@ def record(
         t, m = _observable_terms(mp.obs, wire_index)
         terms.append(t)
         matrices.append(m)
-    single = not isinstance(result, (list, tuple))
     angles = (
         torch.stack(columns, dim=1)
         if columns
@@ -214,12 +213,38 @@ def record(
     program = Program(
         n_wires=len(wires),
         gates=tuple(gates),
-        n_angles=len(columns),
         terms=tuple(terms),
         matrices=tuple(matrices),
         single_output=single,
     )
     return program, angles
+
+
+def apply_matrix(states: np.ndarray, matrix: np.ndarray, wires: tuple, n: int) -> np.ndarray:
+    """Apply a ``(d, d)`` / ``(B, d, d)`` matrix on ``wires`` to states ``(B, K, 2**n)``."""
+    batch, count = states.shape[:2]
+    k = len(wires)
+    t = states.reshape((batch, count) + (2,) * n)
+    src = [2 + w for w in wires]
+    dst = list(range(2 + n - k, 2 + n))
+    t = np.moveaxis(t, src, dst)
+    shape = t.shape
+    t = t.reshape(batch, count, -1, 2**k)
+    if matrix.ndim == 2:
+        t = t @ matrix.T
+    else:
+        t = np.einsum("bkrj,bij->bkri", t, matrix)
+    t = np.moveaxis(t.reshape(shape), dst, src)
+    return np.ascontiguousarray(t).reshape(batch, count, 2**n)
+
+
+def shift_rows(angles: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Rows ``A ± (π/2) e_j`` for ``j`` in ``cols``: ``(2·C·B, G)``, all ``+`` shifts first."""
+    batch, n_angles = angles.shape
+    steps = torch.zeros(cols.numel(), n_angles, dtype=angles.dtype)
+    steps[torch.arange(cols.numel()), cols] = SHIFT
+    shifted = torch.cat([angles[None] + steps[:, None], angles[None] - steps[:, None]])
+    return shifted.reshape(2 * cols.numel() * batch, n_angles)
 
 
 # --------------------------------------------------------------------------- engines
@@ -236,7 +261,7 @@ class LightningEngine:
     """
 
     def __init__(self, program: Program) -> None:
-        from pennylane_lightning.lightning_qubit_ops import MeasurementsC128, StateVectorC128
+        from pennylane_lightning.lightning_qubit_ops import StateVectorC128
         from pennylane_lightning.lightning_qubit_ops.algorithms import (
             AdjointJacobianC128,
             create_ops_listC128,
@@ -251,7 +276,6 @@ class LightningEngine:
         self.program = program
         n = program.n_wires
         self._sv = StateVectorC128(n)
-        self._measure = MeasurementsC128(self._sv)
         self._adjoint = AdjointJacobianC128()
         self._ops_list = create_ops_listC128
         self._hamiltonian = HamiltonianC128
@@ -271,33 +295,29 @@ class LightningEngine:
             named = [NamedObsC128("Pauli" + p, [w]) for w, p in paulis]
             return named[0] if len(named) == 1 else TensorProdObsC128(named)
 
-        # per measurement: lightning observables + coefficients; identity words
-        # are constants (no state dependence, no gradient)
-        self._obs, self._coeffs, self._owner, self._const = [], [], [], []
-        self._meas_obs = []
+        # adjoint observables (terms of every measurement, weighted by the cotangent in
+        # the VJP); identity words are constants: no state dependence, no gradient
+        self._obs, coeffs, owner = [], [], []
+        self._const = np.zeros(program.n_outputs)
         for m, (terms, matrix) in enumerate(zip(program.terms, program.matrices)):
-            const, objs, coeffs = 0.0, [], []
             if matrix is not None:
-                objs.append(HermitianObsC128(matrix[0].ravel(), list(matrix[1])))
+                self._obs.append(HermitianObsC128(matrix[0].ravel(), list(matrix[1])))
                 coeffs.append(1.0)
+                owner.append(m)
             for c, paulis in terms:
                 if not paulis:
-                    const += c
+                    self._const[m] += c
                     continue
-                objs.append(word(paulis))
+                self._obs.append(word(paulis))
                 coeffs.append(c)
-            self._const.append(const)
-            self._obs += objs
-            self._coeffs += coeffs
-            self._owner += [m] * len(objs)
-            self._meas_obs.append(HamiltonianC128(coeffs, objs) if objs else None)
+                owner.append(m)
+        self._hermitian = [(m, mat) for m, mat in enumerate(program.matrices) if mat is not None]
         self._lock = threading.Lock()  # one state vector per engine: serialise runs
-        self._coeffs_np = np.asarray(self._coeffs, dtype=np.float64)
-        self._owner_np = np.asarray(self._owner, dtype=np.int64)
+        self._coeffs_np = np.asarray(coeffs, dtype=np.float64)
+        self._owner_np = np.asarray(owner, dtype=np.int64)
         self.dim = 2**n
-        # Pauli-word expectations straight from the final states (B, 2**n), vectorised
-        # over the batch: P|j⟩ = i^{n_Y} (−1)^{popcount(j & z)} |j ⊕ x⟩, wire w ↔ bit n−1−w
-        self._pauli_only = all(m is None for m in program.matrices)
+        # expectations straight from the final states (B, 2**n), vectorised over the
+        # batch: P|j⟩ = i^{n_Y} (−1)^{popcount(j & z)} |j ⊕ x⟩, wire w ↔ bit n−1−w
         index = np.arange(self.dim)
         self._words = []
         diagonal = []
@@ -335,28 +355,20 @@ class LightningEngine:
 
     def _run(self, angles: np.ndarray, keep_states: bool):
         batch = angles.shape[0]
-        const = self._const
-        if self._pauli_only:
-            states = np.empty((batch, self.dim), dtype=np.complex128)
-            for b in range(batch):
-                self._prepare(angles[b])
-                self._sv.getState(states[b])
-            values = np.tile(np.asarray(const, dtype=np.float64), (batch, 1))
-            if self._diag_signs.shape[1]:
-                probs = states.real**2 + states.imag**2
-                np.add.at(values, (slice(None), self._diag_owner), probs @ self._diag_signs)
-            for m, c, perm, phase in self._words:
-                values[:, m] += c * np.einsum("bj,bj->b", states[:, perm].conj(), states * phase).real
-            return values, (states if keep_states else None)
-        values = np.empty((batch, self.program.n_outputs))
-        states = np.empty((batch, self.dim), dtype=np.complex128) if keep_states else None
+        states = np.empty((batch, self.dim), dtype=np.complex128)
         for b in range(batch):
             self._prepare(angles[b])
-            for m, obs in enumerate(self._meas_obs):
-                values[b, m] = const[m] + (self._measure.expval(obs) if obs is not None else 0.0)
-            if keep_states:
-                self._sv.getState(states[b])
-        return values, states
+            self._sv.getState(states[b])
+        values = np.tile(self._const, (batch, 1))
+        if self._diag_signs.shape[1]:
+            probs = states.real**2 + states.imag**2
+            np.add.at(values, (slice(None), self._diag_owner), probs @ self._diag_signs)
+        for m, c, perm, phase in self._words:
+            values[:, m] += c * np.einsum("bj,bj->b", states[:, perm].conj(), states * phase).real
+        for m, (matrix, wires) in self._hermitian:
+            applied = apply_matrix(states[:, None], matrix, wires, self.program.n_wires)[:, 0]
+            values[:, m] += np.einsum("bj,bj->b", states.conj(), applied).real
+        return values, (states if keep_states else None)
 
     def vjp(self, angles: np.ndarray, cotangent: np.ndarray, states=None) -> np.ndarray:
         """``Σ_m g_bm ∂f_bm/∂A_bj`` of shape ``(B, G)`` by one adjoint sweep per sample."""
@@ -388,7 +400,9 @@ class LightningEngine:
 
 
 class DeviceEngine:
-    """Executes a program through any PennyLane device (``qml.execute``, no shots)."""
+    """Executes a program through any PennyLane device (``qml.execute``, no shots).
+
+    It has no VJP of its own: it always runs behind :class:`ShiftEngine`."""
 
     def __init__(self, program: Program, device: Any, wires: Sequence) -> None:
         self.program = program
@@ -430,19 +444,13 @@ class DeviceEngine:
         values = np.asarray([np.atleast_1d(np.asarray(r, dtype=np.float64)) for r in results])
         return values.reshape(angles.shape[0], self.program.n_outputs), None
 
-    def vjp(self, angles: np.ndarray, cotangent: np.ndarray, states=None) -> np.ndarray:
-        return shift_vjp(self, angles, cotangent)
-
 
 def shift_vjp(engine: Any, angles: np.ndarray, cotangent: np.ndarray) -> np.ndarray:
     """Parameter-shift VJP (1): ``2G`` shifted runs per sample, batched in one call."""
     batch, n_angles = angles.shape
     if n_angles == 0:
         return np.zeros((batch, 0))
-    eye = np.eye(n_angles) * SHIFT
-    shifted = np.concatenate(
-        [angles[None] + eye[:, None, :], angles[None] - eye[:, None, :]], axis=0
-    ).reshape(-1, n_angles)
+    shifted = shift_rows(torch.from_numpy(angles), torch.arange(n_angles)).numpy()
     values, _ = engine.run(shifted, keep_states=False)
     values = values.reshape(2, n_angles, batch, -1)
     d = 0.5 * (values[0] - values[1])  # (G, B, M) = ∂f/∂a_j

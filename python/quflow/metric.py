@@ -24,7 +24,7 @@ metric's entries.
 The full metric (1) is computed exactly from all derivative states ``|∂_jψ⟩ = −i G_j
 |ψ_after j⟩`` carried forward through the circuit in one sweep (``O(G·gates·2ⁿ)``),
 vectorised over samples and derivative states; no Hadamard tests, no per-entry circuits.
-Block-diag carries only the current layer's derivative states, diag none.
+Block-diag carries only the current layer's derivative states, diag one at a time.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import torch
 
 import pennylane as qml
 
+from . import _checks
 from . import _qprogram as _qp
 
 __all__ = ["metric_tensor"]
@@ -94,52 +95,24 @@ def _gate_matrix(gate: _qp.Gate, angles: np.ndarray) -> np.ndarray:
     return m[0] if m.shape[0] == 1 else m
 
 
-def _apply(states: np.ndarray, matrix: np.ndarray, wires: tuple, n: int) -> np.ndarray:
-    """Apply a ``(d, d)`` / ``(B, d, d)`` matrix on ``wires`` to states ``(B, K, 2**n)``."""
-    batch, count = states.shape[:2]
-    k = len(wires)
-    t = states.reshape((batch, count) + (2,) * n)
-    src = [2 + w for w in wires]
-    dst = list(range(2 + n - k, 2 + n))
-    t = np.moveaxis(t, src, dst)
-    shape = t.shape
-    t = t.reshape(batch, count, -1, 2**k)
-    if matrix.ndim == 2:
-        t = t @ matrix.T
-    else:
-        t = np.einsum("bkrj,bij->bkri", t, matrix)
-    t = np.moveaxis(t.reshape(shape), dst, src)
-    return np.ascontiguousarray(t).reshape(batch, count, 2**n)
-
-
 def _initial(batch: int, n: int) -> np.ndarray:
     psi = np.zeros((batch, 1, 2**n), dtype=np.complex128)
     psi[:, 0, 0] = 1.0
     return psi
 
 
-def _full_metric(program: _qp.Program, angles: np.ndarray, trainable: list[int]) -> np.ndarray:
-    """(1) over the trainable angle columns: ``(B, T, T)``."""
-    n, batch = program.n_wires, angles.shape[0]
-    wanted = set(trainable)
-    psi = _initial(batch, n)
-    derivs = np.zeros((batch, 0, 2**n), dtype=np.complex128)
-    for gate in program.gates:
-        m = _gate_matrix(gate, angles)
-        both = _apply(np.concatenate([psi, derivs], axis=1), m, gate.wires, n)
-        psi, derivs = both[:, :1], both[:, 1:]
-        if gate.column in wanted:  # |∂_j ψ⟩ = −i G_j |ψ after gate j⟩
-            gen = _generator(gate.name, len(gate.wires))
-            derivs = np.concatenate([derivs, -1j * _apply(psi, gen, gate.wires, n)], axis=1)
+def _fubini_study(psi: np.ndarray, derivs: np.ndarray) -> np.ndarray:
+    """(1) from ``|ψ⟩`` ``(B, 1, 2**n)`` and ``|∂_jψ⟩`` ``(B, K, 2**n)``: ``(B, K, K)``."""
     gram = np.einsum("bin,bjn->bij", derivs.conj(), derivs).real
     overlap = np.einsum("bin,bn->bi", derivs.conj(), psi[:, 0])  # ⟨∂_iψ|ψ⟩
     return gram - np.einsum("bi,bj->bij", overlap, overlap.conj()).real
 
 
-def _layers(program: _qp.Program, trainable: list[int]) -> list[tuple[list[int], int]]:
-    """PennyLane's parametrised layers: ``[(gate indices, ancestor bitmask)]``."""
+def _pennylane_layers(program: _qp.Program, trainable: list[int]) -> dict[int, int]:
+    """PennyLane's parametrised layers as ``{gate index: layer number}``: trainable gates in
+    order, a new layer whenever a gate depends on (has an ancestor in) the current one."""
     last_on_wire: dict[int, int] = {}
-    ancestors = []
+    ancestors = []  # bitmask of each gate's ancestors
     for i, gate in enumerate(program.gates):
         mask = 0
         for w in gate.wires:
@@ -150,72 +123,57 @@ def _layers(program: _qp.Program, trainable: list[int]) -> list[tuple[list[int],
         for w in gate.wires:
             last_on_wire[w] = i
     wanted = set(trainable)
-    layers: list[list[int]] = [[]]
-    current_mask = 0
+    layer_of, number, current_mask = {}, 0, 0
     for i, gate in enumerate(program.gates):
         if gate.column not in wanted:
             continue
         if ancestors[i] & current_mask:
-            layers.append([])
-            current_mask = 0
-        layers[-1].append(i)
+            number, current_mask = number + 1, 0
+        layer_of[i] = number
         current_mask |= 1 << i
-    out = []
-    for layer in layers:
-        if layer:
-            mask = 0
-            for i in layer:
-                mask |= ancestors[i]
-            out.append((layer, mask))
-    return out
+    return layer_of
 
 
-def _block_metric(program: _qp.Program, angles: np.ndarray, trainable: list[int], diag: bool) -> np.ndarray:
-    """Block-diagonal (or diagonal) metric over the trainable columns: ``(B, T, T)``.
+def _metric(program: _qp.Program, angles: np.ndarray, trainable: list[int], approx: str) -> np.ndarray:
+    """(1) over the trainable columns, restricted to blocks: ``(B, T, T)``.
 
-    Within a layer the block equals the full metric's entries (1): the gates of a
-    layer do not depend on each other, so ``⟨∂_kψ|∂_lψ⟩`` reduces to ``⟨G_k G_l⟩`` on
-    the state prepared by their ancestors. One sweep carries only the current layer's
-    derivative states and closes the block when the next layer starts (``"diag"``:
-    ``Var(G_k)`` right after gate k, nothing carried).
+    One sweep carries the derivative states ``|∂_kψ⟩ = −i G_k |ψ after gate k⟩`` of the
+    current block and closes the block, eq. (1), when a gate of the next one comes.
+    ``"full"`` is one block of every trainable gate; ``"block-diag"`` uses PennyLane's
+    layers — within a layer the gates do not depend on each other, so the block equals
+    the exact metric's entries, ``⟨G_k G_l⟩ − ⟨G_k⟩⟨G_l⟩`` on the state prepared by
+    their ancestors; ``"diag"`` is a block per gate, ``Var(G_k)``.
     """
     n, batch = program.n_wires, angles.shape[0]
     position = {c: k for k, c in enumerate(trainable)}
-    layer_of = {}
-    for number, (layer, _) in enumerate(_layers(program, trainable)):
-        for i in layer:
-            layer_of[i] = number
+    gates = [i for i, g in enumerate(program.gates) if g.column in position]
+    if approx == "full":
+        block_of = dict.fromkeys(gates, 0)
+    elif approx == "diag":
+        block_of = {i: k for k, i in enumerate(gates)}
+    else:
+        block_of = _pennylane_layers(program, trainable)
     out = np.zeros((batch, len(trainable), len(trainable)))
     psi = _initial(batch, n)
     derivs = np.zeros((batch, 0, 2**n), dtype=np.complex128)
     current: list[int] = []
-    current_layer = -1
+    current_block = -1
 
     def close():
         if current:
-            gram = np.einsum("bin,bjn->bij", derivs.conj(), derivs).real
-            overlap = np.einsum("bin,bn->bi", derivs.conj(), psi[:, 0])
-            block = gram - np.einsum("bi,bj->bij", overlap, overlap.conj()).real
-            out[:, np.ix_(current, current)[0], np.ix_(current, current)[1]] = block
+            out[(slice(None), *np.ix_(current, current))] = _fubini_study(psi, derivs)
 
     for i, gate in enumerate(program.gates):
-        m = _gate_matrix(gate, angles)
-        if i in layer_of and diag:
-            psi = _apply(psi, m, gate.wires, n)
-            g_psi = _apply(psi, _generator(gate.name, len(gate.wires)), gate.wires, n)[:, 0]
-            mean = np.einsum("bn,bn->b", psi[:, 0].conj(), g_psi).real
-            p = position[gate.column]
-            out[:, p, p] = np.einsum("bn,bn->b", g_psi.conj(), g_psi).real - mean**2
-            continue
-        if i in layer_of and layer_of[i] != current_layer:
+        if i in block_of and block_of[i] != current_block:
             close()
             derivs = derivs[:, :0]
-            current, current_layer = [], layer_of[i]
-        both = _apply(np.concatenate([psi, derivs], axis=1), m, gate.wires, n)
+            current, current_block = [], block_of[i]
+        m = _gate_matrix(gate, angles)
+        both = _qp.apply_matrix(np.concatenate([psi, derivs], axis=1), m, gate.wires, n)
         psi, derivs = both[:, :1], both[:, 1:]
-        if i in layer_of:
+        if i in block_of:
             gen = _generator(gate.name, len(gate.wires))
-            derivs = np.concatenate([derivs, -1j * _apply(psi, gen, gate.wires, n)], axis=1)
+            derivs = np.concatenate([derivs, -1j * _qp.apply_matrix(psi, gen, gate.wires, n)], axis=1)
             current.append(position[gate.column])
     close()
     return out
@@ -308,8 +266,8 @@ def metric_tensor(
         raise ValueError(f"approx must be one of {APPROXIMATIONS}, got {approx!r}")
     if not layer.weight_shapes:
         raise ValueError("the layer has no weights: its metric tensor is empty")
-    if max_samples is not None and (not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 1):
-        raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
+    if max_samples is not None:
+        _checks.count("max_samples", max_samples, minimum=1)
     if layer._has_inputs:
         if inputs is None:
             raise ValueError("this layer's circuit takes inputs: pass inputs=(B, features)")
@@ -335,12 +293,7 @@ def metric_tensor(
     n_params = jac.shape[-1]
     if not trainable:
         return torch.zeros(n_params, n_params, dtype=torch.float64)
-    a = angles.detach().numpy()
-    if approx == "full":
-        g = _full_metric(program, a, trainable)
-    else:
-        g = _block_metric(program, a, trainable, diag=approx == "diag")
-    g = torch.from_numpy(g)  # (B, T, T)
+    g = torch.from_numpy(_metric(program, angles.detach().numpy(), trainable, approx))  # (B, T, T)
     j = jac[:, trainable]  # (B|1, T, P)
     out = torch.einsum("btp,btu,buq->pq", j.expand(batch, -1, -1), g, j.expand(batch, -1, -1)) / batch
     return 0.5 * (out + out.T)

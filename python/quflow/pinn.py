@@ -18,6 +18,8 @@ from typing import Callable
 
 import torch
 
+from . import _checks
+
 __all__ = ["MixingError", "check_pointwise", "derivatives"]
 
 
@@ -29,8 +31,7 @@ _checked: "weakref.WeakKeyDictionary[object, set]" = weakref.WeakKeyDictionary()
 
 
 def _as_points(x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _checks.tensor("x", x)
     if not x.is_floating_point():
         raise TypeError(f"x must be a real floating tensor, got {x.dtype}")
     if x.ndim not in (1, 2) or x.shape[0] == 0:

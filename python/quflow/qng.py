@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from . import _checks
 from .metric import APPROXIMATIONS, metric_tensor
 from .quantum import QuantumLayer
 
@@ -40,6 +41,16 @@ def _damped_solve(matrix: torch.Tensor, rhs: torch.Tensor, lam: float, what: str
         stacklevel=3,
     )
     return torch.linalg.lstsq(a, rhs[:, None], driver="gelsd").solution[:, 0]
+
+
+def _apply_update(params: list[torch.Tensor], delta: torch.Tensor, lr: float) -> None:
+    """``p ← p − lr·δ_p`` for the parameters that require grad; ``delta`` is their flat concatenation."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        if p.requires_grad:
+            p.sub_(lr * delta[offset : offset + n].view_as(p).to(p.dtype))
+        offset += n
 
 
 class QNG(torch.optim.Optimizer):
@@ -120,12 +131,9 @@ class QNG(torch.optim.Optimizer):
             raise ValueError(f"approx must be one of {APPROXIMATIONS}, got {approx!r}")
         if classical not in ("adam", "sgd", "fisher"):
             raise ValueError(f"classical must be 'adam', 'sgd' or 'fisher', got {classical!r}")
-        if not isinstance(metric_every, int) or isinstance(metric_every, bool) or metric_every < 1:
-            raise ValueError(f"metric_every must be a positive int, got {metric_every!r}")
-        if max_samples is not None and (
-            not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 1
-        ):
-            raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
+        _checks.count("metric_every", metric_every, minimum=1)
+        if max_samples is not None:
+            _checks.count("max_samples", max_samples, minimum=1)
         if not 0 <= fisher_decay < 1:
             raise ValueError(f"fisher_decay must be in [0, 1), got {fisher_decay!r}")
         classical_lr = lr if classical_lr is None else _positive("classical_lr", classical_lr)
@@ -220,7 +228,7 @@ class QNG(torch.optim.Optimizer):
         if metric is not None:  # load_state_dict casts state to the parameters' dtype
             metric = metric.to(torch.float64)
         if metric is None or state.get("metric_age", 0) >= self.metric_every:
-            inputs = getattr(layer, "_last_inputs", None)
+            inputs = layer._last_inputs
             if layer._has_inputs and inputs is None:
                 raise RuntimeError("QNG.step: run the model forward (and backward) before step()")
             with torch.enable_grad():
@@ -229,18 +237,11 @@ class QNG(torch.optim.Optimizer):
             state["metric_age"] = 0
         state["metric_age"] += 1
         trainable = torch.cat([torch.full((p.numel(),), p.requires_grad) for p in params])
-        delta = torch.zeros_like(grad)
-        if trainable.all():
-            delta = _damped_solve(metric, grad, group["lam"], "metric tensor")
-        elif trainable.any():
-            idx = torch.nonzero(trainable).flatten()
+        idx = torch.nonzero(trainable).flatten()  # frozen weights keep their rows out of the solve
+        if idx.numel():
+            delta = torch.zeros_like(grad)
             delta[idx] = _damped_solve(metric[idx][:, idx], grad[idx], group["lam"], "metric tensor")
-        offset = 0
-        for p in params:
-            n = p.numel()
-            if p.requires_grad:
-                p.sub_(group["lr"] * delta[offset : offset + n].view_as(p).to(p.dtype))
-            offset += n
+            _apply_update(params, delta, group["lr"])
 
     def _fisher_step(self, group: dict) -> None:
         params = [p for p in group["params"] if p.grad is not None]
@@ -255,8 +256,4 @@ class QNG(torch.optim.Optimizer):
         fisher = outer if fisher is None or fisher.shape != outer.shape else beta * fisher + (1 - beta) * outer
         state["fisher"] = fisher
         delta = _damped_solve(fisher, grad, max(group["lam"], 1e-12), "empirical Fisher matrix")
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.sub_(group["lr"] * delta[offset : offset + n].view_as(p).to(p.dtype))
-            offset += n
+        _apply_update(params, delta, group["lr"])

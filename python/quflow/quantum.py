@@ -27,10 +27,10 @@ import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
+from . import _checks
 from . import _qprogram as _qp
 
 __all__ = ["QuantumLayer", "set_lightning_threads"]
@@ -98,10 +98,7 @@ class _AngleVJP(torch.autograd.Function):
             return grad_a, grad_g, None, None
         batch, n_angles = angles.shape
         n_cols = cols.numel()
-        steps = torch.zeros(n_cols, n_angles, dtype=angles.dtype)
-        steps[torch.arange(n_cols), cols] = _qp.SHIFT
-        shifted = torch.cat([angles[None] + steps[:, None], angles[None] - steps[:, None]])
-        shifted = shifted.reshape(2 * n_cols * batch, n_angles)
+        shifted = _qp.shift_rows(angles, cols)
         hc = h[:, cols].to(torch.float64)  # (B, C)
         # one run of the shifted circuits serves both: values for grad_g, final
         # states (the adjoint's starting point) for grad_a
@@ -149,6 +146,7 @@ def set_lightning_threads(threads: int) -> None:
         threads: number of OpenMP threads (≥ 1).
 
     Raises:
+        TypeError: if ``threads`` is not an int.
         ValueError: if ``threads < 1``.
     """
     if not isinstance(threads, int) or isinstance(threads, bool):
@@ -270,10 +268,8 @@ class QuantumLayer(nn.Module):
                 f"weight_shapes {list(weight_shapes)} do not match the circuit's "
                 f"arguments {list(params)}: unknown {unknown}, missing {missing}"
             )
-        if input_size is not None and (
-            not isinstance(input_size, int) or isinstance(input_size, bool) or input_size < 1
-        ):
-            raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+        if input_size is not None:
+            input_size = _checks.count("input_size", input_size, minimum=1)
 
         device_name = device if isinstance(device, str) else getattr(device, "name", str(device))
         methods = {"adjoint", "parameter-shift", "backprop"}
@@ -339,12 +335,9 @@ class QuantumLayer(nn.Module):
         return engine
 
     def _validate_inputs(self, inputs):
-        if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+        _checks.tensor("inputs", inputs)
         if inputs.is_complex() or not inputs.is_floating_point():
             raise TypeError(f"inputs must be a real floating tensor, got {inputs.dtype}")
-        if inputs.device.type != "cpu":
-            raise ValueError(f"inputs must be on the CPU, got {inputs.device}")
         if inputs.ndim not in (1, 2):
             raise ValueError(
                 f"inputs must have shape (batch, features) or (features,), got {tuple(inputs.shape)}"
@@ -354,8 +347,7 @@ class QuantumLayer(nn.Module):
             raise ValueError(
                 f"inputs have {width} features per sample; this layer expects {self.input_size}"
             )
-        if not torch.isfinite(inputs.detach()).all():
-            raise ValueError("inputs contain NaN or Inf")
+        _checks.finite("inputs", inputs)
 
     def _check_weights_used(self, args, batch) -> None:
         """First call: every weight entry must reach some gate angle.

@@ -17,6 +17,7 @@ from typing import Any
 
 import pennylane as qml
 
+from . import _checks
 from .quantum import QuantumLayer
 
 __all__ = ["data_reuploading", "strongly_entangling"]
@@ -26,12 +27,11 @@ _OBSERVABLES = {"X": qml.PauliX, "Y": qml.PauliY, "Z": qml.PauliZ}
 
 
 def _check(n_qubits: int, n_layers: int, n_inputs: int | None, rotation: str, observable: str):
-    for name, value in (("n_qubits", n_qubits), ("n_layers", n_layers)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    n_inputs = n_qubits if n_inputs is None else n_inputs
-    if not isinstance(n_inputs, int) or isinstance(n_inputs, bool) or not 1 <= n_inputs <= n_qubits:
-        raise ValueError(f"n_inputs must be an int in [1, n_qubits={n_qubits}], got {n_inputs!r}")
+    n_qubits = _checks.count("n_qubits", n_qubits, minimum=1)
+    _checks.count("n_layers", n_layers, minimum=1)
+    n_inputs = n_qubits if n_inputs is None else _checks.count("n_inputs", n_inputs, minimum=1)
+    if n_inputs > n_qubits:
+        raise ValueError(f"n_inputs: expected at most n_qubits={n_qubits}, got {n_inputs}")
     if rotation not in _ROTATIONS:
         raise ValueError(f"rotation must be one of {_ROTATIONS}, got {rotation!r}")
     if observable not in _OBSERVABLES:

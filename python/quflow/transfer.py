@@ -8,6 +8,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from . import _checks
 from .quantum import QuantumLayer
 
 __all__ = ["Frozen", "hybrid_head"]
@@ -89,9 +90,8 @@ def hybrid_head(
         raise TypeError(f"quantum must be a quflow.QuantumLayer, got {type(quantum).__name__}")
     if quantum.input_size is None:
         raise ValueError("quantum.input_size is unknown: construct the layer with input_size=")
-    for name, value in (("in_features", in_features), ("out_features", out_features)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _checks.count("in_features", in_features, minimum=1)
+    _checks.count("out_features", out_features, minimum=1)
     dtype = next(quantum.parameters(), torch.empty(0)).dtype
     with torch.no_grad():
         n_out = quantum(torch.zeros(1, quantum.input_size, dtype=dtype)).reshape(1, -1).shape[1]
