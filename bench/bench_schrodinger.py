@@ -174,19 +174,16 @@ def run_case(label, n, batch, steps, peers, control=False, trajectory=False, gra
             return torch.autograd.grad(out, inputs, grad_outputs=w[:, :k + 1] if trajectory else w)
         return fwd, fwd_bwd
 
+    def ctl(uu, k):  # the control peers need u even without grad
+        return uu if uu is not None or u is None else u[:, :k]
+
     impls = {
-        "quflow": lambda p, k, uu=None: quflow_op(p, n, k, control=uu if control else None,
-                                                  trajectory=trajectory),
-        "(a) dense solve": lambda p, k, uu=None: dense_solve(p, n, k, control=uu if control else None,
+        "quflow": lambda p, k, uu=None: quflow_op(p, n, k, control=ctl(uu, k), trajectory=trajectory),
+        "(a) dense solve": lambda p, k, uu=None: dense_solve(p, n, k, control=ctl(uu, k),
                                                              trajectory=trajectory),
         "(b) propagator": lambda p, k, uu=None: propagator(p, n, k, trajectory=trajectory),
         "(c) torch Thomas": lambda p, k, uu=None: torch_thomas(p, n, k),
     }
-    if control:  # the control peers need u even without grad
-        impls["quflow"] = lambda p, k, uu=None: quflow_op(p, n, k, control=(u[:, :k] if uu is None else uu),
-                                                          trajectory=trajectory)
-        impls["(a) dense solve"] = lambda p, k, uu=None: dense_solve(
-            p, n, k, control=(u[:, :k] if uu is None else uu), trajectory=trajectory)
     rows = []
     results = {}
     for name in ["quflow", *peers]:

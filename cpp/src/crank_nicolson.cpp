@@ -189,11 +189,11 @@ void backward_w(const System<T>& sys, const std::complex<T>* states, bool states
 }
 
 /// Calls run(std::integral_constant<int, W>) with the block width W for this batch:
-/// `preferred` when the batch fills it, one register's worth for smaller batches of at
-/// least half a register, else single states.
+/// two registers per point when `wide` and the batch fills them, one register's worth for
+/// batches of at least half a register, else single states.
 template <class T, class Run>
-void with_lanes(Index batch, int preferred, Run&& run) {
-  if (batch >= preferred && preferred == kWideLanes<T>)
+void with_lanes(Index batch, bool wide, Run&& run) {
+  if (wide && batch >= kWideLanes<T>)
     run(std::integral_constant<int, kWideLanes<T>>{});
   else if (batch >= kNarrowLanes<T> / 2)
     run(std::integral_constant<int, kNarrowLanes<T>>{});
@@ -211,7 +211,7 @@ void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<
   sys.check();
   QUFLOW_CHECK(psi0 != nullptr && out != nullptr, "psi0 and out must not be null");
   QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
-  with_lanes<T>(sys.batch, kWideLanes<T>, [&](auto w) {
+  with_lanes<T>(sys.batch, true, [&](auto w) {
     forward_w<T, decltype(w)::value>(sys, psi0, out, trajectory, threads);
   });
 }
@@ -227,8 +227,8 @@ void cn_backward(const System<T>& sys, const std::complex<T>* states, bool state
   QUFLOW_CHECK(!grads.control_shape || sys.control_rows > 0,
                "control_shape gradient requested without control");
   QUFLOW_CHECK(!grad_full || states_full, "a trajectory cotangent needs the stored states");
-  const int preferred = sys.constant_hamiltonian() ? kNarrowLanes<T> : kWideLanes<T>;
-  with_lanes<T>(sys.batch, preferred, [&](auto w) {
+  // the adjoint of a constant H is faster with one register per point
+  with_lanes<T>(sys.batch, !sys.constant_hamiltonian(), [&](auto w) {
     backward_w<T, decltype(w)::value>(sys, states, states_full, grad_out, grad_full, grads,
                                       threads);
   });

@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
 
         dist.init_process_group("gloo")
     try:
-        if args.command == "reproduce":
-            reproduce(args.experiment, Path(args.out), args.quick, seeds=args.seeds,
-                      epochs=args.epochs, resume=args.resume, progress=args.progress,
-                      optimizer=args.optimizer, lr=args.lr, modes=args.modes)
+        # "reproduce" is the only (required) subcommand
+        reproduce(args.experiment, Path(args.out), args.quick, seeds=args.seeds,
+                  epochs=args.epochs, resume=args.resume, progress=args.progress,
+                  optimizer=args.optimizer, lr=args.lr, modes=args.modes)
     finally:
         if distributed:
             dist.destroy_process_group()

@@ -36,6 +36,11 @@ def to_complex(y: torch.Tensor) -> torch.Tensor:
     if y.ndim == 0 or y.shape[-1] % 2:
         raise ValueError(f"y: the last dimension must be even (2n: real parts, then imaginary "
                          f"parts), got shape {tuple(y.shape)}")
+    return _split(y)
+
+
+def _split(y: torch.Tensor) -> torch.Tensor:
+    """``[Re ψ, Im ψ]`` of shape ``(..., 2n)`` → ``ψ`` (shape already checked)."""
     n = y.shape[-1] // 2
     return torch.complex(y[..., :n], y[..., n:])
 
@@ -75,6 +80,9 @@ class _Fidelity(torch.autograd.Function):
         s = (t.conj() * p).sum(-1)
         a = p.abs().square().sum(-1)
         b = t.abs().square().sum(-1)
+        for name, norm in (("pred", a), ("target", b)):
+            if bool((norm == 0).any()):
+                raise ValueError(f"{name}: a sample has zero norm; the fidelity is undefined")
         return 1 - s.abs().square() / (a * b)
 
     @staticmethod
@@ -108,6 +116,13 @@ class _Fidelity(torch.autograd.Function):
         return gp, gt, None
 
 
+def _check_options(gradient: str, reduction: str) -> None:
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient: expected one of {GRADIENTS}, got {gradient!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+
+
 def _as_state(name: str, x: object) -> torch.Tensor:
     x = _checks.tensor(name, x)
     if x.is_complex():
@@ -118,7 +133,7 @@ def _as_state(name: str, x: object) -> torch.Tensor:
         if x.ndim == 0 or x.shape[-1] % 2:
             raise ValueError(f"{name}: a real {name} must have an even last dimension 2n "
                              f"(the to_real layout [Re ψ, Im ψ]), got shape {tuple(x.shape)}")
-        out = to_complex(x)
+        out = _split(x)
     else:
         raise TypeError(f"{name}: expected a complex tensor or a real float tensor in the "
                         f"to_real layout, got {x.dtype}")
@@ -177,10 +192,7 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "
         >>> loss.sum().backward(); p.grad[0]   # orthogonal, yet a finite pull towards t
         tensor([ 0.+0.j, -2.+0.j])
     """
-    if gradient not in GRADIENTS:
-        raise ValueError(f"gradient: expected one of {GRADIENTS}, got {gradient!r}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    _check_options(gradient, reduction)
     p = _as_state("pred", pred)
     t = _as_state("target", target)
     if p.shape[-1] != t.shape[-1]:
@@ -194,9 +206,6 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "
     dtype = torch.promote_types(p.dtype, t.dtype)
     shape = (*batch, p.shape[-1])
     p, t = p.to(dtype).expand(shape), t.to(dtype).expand(shape)
-    for name, x in (("pred", p), ("target", t)):
-        if bool((x.detach().abs().square().sum(-1) == 0).any()):
-            raise ValueError(f"{name}: a sample has zero norm; the fidelity is undefined")
     losses = _Fidelity.apply(p, t, gradient)
     if reduction == "mean":
         return losses.mean()
@@ -220,10 +229,7 @@ class FidelityLoss(nn.Module):
 
     def __init__(self, gradient: str = "modified", reduction: str = "mean") -> None:
         super().__init__()
-        if gradient not in GRADIENTS:
-            raise ValueError(f"gradient: expected one of {GRADIENTS}, got {gradient!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+        _check_options(gradient, reduction)
         self.gradient = gradient
         self.reduction = reduction
 

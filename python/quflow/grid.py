@@ -60,12 +60,12 @@ class Grid:
         modes = math.sqrt(2.0 / (self.n + 1)) * torch.sin(m * j * math.pi / (self.n + 1))
         return modes.to(dtype)
 
-    def _count(self, count: int | None) -> int:
+    def _count(self, count: int | None, name: str = "count") -> int:
         if count is None:
             return self.n
-        c = _checks.count("count", count, minimum=1)
+        c = _checks.count(name, count, minimum=1)
         if c > self.n:
-            raise ValueError(f"count: the grid has {self.n} eigenstates, asked for {c}")
+            raise ValueError(f"{name}: the grid has {self.n} eigenstates, asked for {c}")
         return c
 
     def __repr__(self) -> str:
@@ -102,11 +102,7 @@ def random_states(grid: Grid, batch: int, *, seed: int | None = None, modes: int
     batch = _checks.count("batch", batch, minimum=1)
     if dtype not in (torch.complex64, torch.complex128):
         raise TypeError(f"dtype: expected torch.complex64 or torch.complex128, got {dtype}")
-    if modes is not None:
-        modes = _checks.count("modes", modes, minimum=1)
-        if modes > grid.n:
-            raise ValueError(f"modes: the grid has {grid.n} eigenstates, asked for {modes}")
-    basis = grid.eigenstates(modes, dtype=torch.complex128)  # (modes, n)
+    basis = grid.eigenstates(grid._count(modes, "modes"), dtype=torch.complex128)  # (modes, n)
     if generator is None:
         generator = torch.Generator()
         if seed is None:

@@ -213,21 +213,29 @@ def run_suite(name: str, out: Path, *, methods, seeds: int, epochs: int, lr: flo
     return results
 
 
-def _plot(name: str, curves: dict, methods, path: Path) -> None:
+COLORS = {"standard": "tab:blue", "l2": "tab:orange", "modified": "tab:green"}
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"standard": "tab:blue", "l2": "tab:orange", "modified": "tab:green"}
+    return plt
+
+
+def _plot(name: str, curves: dict, methods, path: Path) -> None:
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, split in zip(axes, ("train", "val")):
         for m in methods:
             runs = [c for c in curves if c.method == m]
             for c in runs:
-                ax.plot(smooth(curves[c][split]), color=colors[m], alpha=0.25, lw=0.8)
+                ax.plot(smooth(curves[c][split]), color=COLORS[m], alpha=0.25, lw=0.8)
             mean = [sum(v) / len(v) for v in zip(*(curves[c][split] for c in runs))]
-            ax.plot(smooth(mean), color=colors[m], lw=2, label=m)
+            ax.plot(smooth(mean), color=COLORS[m], lw=2, label=m)
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(f"{name}: {'training' if split == 'train' else 'validation'} set")

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..fidelity import GRADIENTS, fidelity_loss
+from ._training import COLORS, pyplot
 
 __all__ = ["run", "simulate"]
 
@@ -92,18 +93,13 @@ def run(out: Path, *, quick: bool = True, theta0: float = math.pi / 2 - 0.01,
 
 
 def _plot(runs: dict, path: Path, meta: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"standard": "tab:blue", "l2": "tab:orange", "modified": "tab:green"}
+    plt = pyplot()
     fig, (ax_l, ax_xy) = plt.subplots(1, 2, figsize=(10, 4.2))
     for g, r in runs.items():
         label = f"{g} (L<1e-3 at step {r['steps_to_target']})"
-        ax_l.semilogy([max(v, 1e-16) for v in r["loss"]], color=colors[g], label=label)
+        ax_l.semilogy([max(v, 1e-16) for v in r["loss"]], color=COLORS[g], label=label)
         xy = torch.tensor(r["xy"])
-        ax_xy.plot(xy[:, 0], xy[:, 1], ".-", ms=3, color=colors[g], label=g)
+        ax_xy.plot(xy[:, 0], xy[:, 1], ".-", ms=3, color=COLORS[g], label=g)
     ax_l.axhline(meta["target_loss"], color="gray", lw=0.8, ls=":")
     ax_l.set_xlabel("gradient step")
     ax_l.set_ylabel("quantum loss  1 − |⟨v,w⟩|²")
