@@ -113,3 +113,11 @@ def test_mixing_check_always_probes_the_last_point():
 
     with pytest.raises(MixingError, match="point 9 depends on the input of point 0"):
         check_pointwise(last_depends_on_first, x)
+
+
+def test_check_pointwise_validates_its_settings():
+    x = torch.linspace(0, 1, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="probes"):
+        check_pointwise(torch.sin, x, probes=0)
+    with pytest.raises(ValueError, match="rtol"):
+        check_pointwise(torch.sin, x, rtol=-1.0)

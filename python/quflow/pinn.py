@@ -65,9 +65,12 @@ def check_pointwise(model: Callable, x: torch.Tensor, *, probes: int = 2, rtol: 
 
     Raises:
         MixingError: with the offending pair of points and the usual causes.
-        ValueError: if the output is not one scalar per point.
+        ValueError: if the output is not one scalar per point, or ``probes``/``rtol``
+            are not positive.
     """
     x = _as_points(x)
+    probes = _checks.count("probes", probes, minimum=1)
+    rtol = _checks.positive_float("rtol", rtol)
     n = x.shape[0]
     if n < 2:
         return
