@@ -1,123 +1,448 @@
-"""quflow reproduce: the prediction and control experiments, resume, DDP, and bad input."""
+"""quflow reproduce: the paper's toy, prediction and control experiments, their statistics,
+verdict table, command line (options, exit codes, resume) and files."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import quflow
 from quflow import cli
-from quflow.experiments import _training, control, prediction
+from quflow.experiments import _io, _stats, _training, control, prediction, toy, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "reproduction"
 
 
 def _reproduce(*args):
     return cli.main(["reproduce", *args, "--no-progress"])
 
 
-def test_prediction_and_control_write_results(tmp_path):
-    _reproduce("prediction", "--seeds", "2", "--epochs", "1", "--out", str(tmp_path))
-    _reproduce("control", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path))
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"prediction", "control"}
-    for exp, seeds in (("prediction", [0, 1]), ("control", [0])):
-        assert set(results[exp]) == {"standard", "l2", "modified"}
-        for r in results[exp].values():
-            assert r["seeds"] == seeds and 0 <= r["final_loss"] <= 1 and r["final_loss_std"] >= 0
-        for suffix in (".csv", ".png"):
-            assert (tmp_path / f"{exp}{suffix}").stat().st_size > 0
-    rows = (tmp_path / "prediction.csv").read_text().splitlines()
-    assert rows[0] == "method,seed,epoch,train_loss,val_loss" and len(rows) == 1 + 3 * 2 * 2
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One small run of every experiment and optimiser (2 seeds, 2 epochs)."""
+    out = tmp_path_factory.mktemp("tiny")
+    assert _reproduce("all", "--seeds", "2", "--epochs", "2", "--out", str(out)) == 0
+    return out
 
+
+# ---------------------------------------------------------------- the toy (eqs. 3-5)
+
+# dθ per step: the closed forms of each flow pulled back through v(θ) = (cos θ, sin θ)
+CLOSED_FORM = {
+    "standard": lambda th: math.sin(2 * th),
+    "l2": lambda th: math.sin(th),
+    "modified": lambda th: 2 * math.sin(th) * math.copysign(1.0, math.cos(th)),
+}
+
+
+@pytest.mark.parametrize("gradient", ["standard", "l2", "modified"])
+@pytest.mark.parametrize("theta0", [math.pi / 2 - 1e-2, 1.0, 0.3, math.pi / 2 + 0.2])
+def test_toy_follows_the_closed_form_gradient_on_theta(gradient, theta0):
+    r = toy.simulate(gradient, theta0=theta0, lr=0.1, steps=60)
+    theta = theta0
+    for k in range(61):
+        assert r["theta"][k] == pytest.approx(theta, abs=1e-12)
+        assert r["loss"][k] == pytest.approx(math.sin(theta) ** 2, abs=1e-12)  # |v| = 1
+        theta -= 0.1 * CLOSED_FORM[gradient](theta)
+
+
+def test_toy_reproduces_the_papers_ordering(tmp_path):
+    summary = toy.run(tmp_path, quick=True)
+    by = {g: summary[g]["steps_to_target_by_offset"] for g in summary}
+    assert list(by["standard"]) == ["0.01", "0.0001", "1e-06"]
+    std = list(by["standard"].values())
+    assert std[0] < std[1] < std[2] and std[2] - std[0] > 40  # slower the closer it starts
+    for g in ("modified", "l2"):  # O(1) gradients: the start barely matters
+        assert max(by[g].values()) - min(by[g].values()) <= 1
+    assert all(by["modified"][d] < min(by["l2"][d], by["standard"][d]) for d in by["modified"])
+    for name in ("toy.csv", "toy.json", "toy.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows = (tmp_path / "toy.csv").read_text().splitlines()
+    assert rows[0] == "gradient,delta,step,loss,theta" and len(rows) == 1 + 9 * 301
+
+
+# ---------------------------------------------------------------- data and setups
 
 def test_data_sets_are_documented_sizes():
-    (x, y), (xv, yv) = prediction.make_data()
+    (x, y), (xv, _) = prediction.make_data()
     assert x.shape == (10_000, 40) and y.shape == (10_000, 40) and xv.shape == (2_500, 40)
-    (x, y), (xv, yv) = control.make_data()
+    (x, y), (xv, _) = control.make_data()
     assert x.shape == (100, 40) and xv.shape == (25, 40)
     assert sum(p.numel() for p in _training.mlp(40, 40, 64).parameters()) == 9_384
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_default_control_states_are_orthogonal_to_the_target():
+    """After the authors' code: real φ2/φ3 mixes, target φ1, so L = 1 at u = 0."""
+    grid = quflow.Grid(20, 2.0)
+    (x, y), (xv, _) = control.make_data()
+    psi = quflow.to_complex(torch.cat([x, xv]))
+    phi = grid.eigenstates(3)
+    assert torch.allclose(y, quflow.to_real(phi[0]).expand_as(y))
+    assert (psi @ phi[0].conj()).abs().max() < 1e-14          # orthogonal to the target
+    assert psi.imag.abs().max() == 0                          # real coefficients
+    in_span = (psi @ phi[1:].conj().T).abs().square().sum(-1)
+    assert torch.allclose(in_span, torch.ones(125, dtype=torch.float64), atol=1e-13)
+    zero = lambda xb: torch.zeros(xb.shape[0], control.STEPS, dtype=torch.float64)  # noqa: E731
+    loss = control.batch_loss(zero, x, y, "standard")
+    assert loss.item() == pytest.approx(1.0, abs=1e-12)      # every run starts at the maximum
+
+
+def test_state_options_change_the_distribution():
+    (x, y), _ = control.make_data(states=(1, 2), real=False, target=3)   # StableBPTT's variant
+    psi = quflow.to_complex(x)
+    phi = quflow.Grid(20, 2.0).eigenstates(3)
+    assert psi.imag.abs().max() > 0.1 and (psi @ phi[2].conj()).abs().max() < 1e-14
+    assert torch.allclose(quflow.to_complex(y[0]), phi[2])
+
+
+# ---------------------------------------------------------------- statistics
+
+def test_log_summary_and_paired_ratio_by_hand():
+    s = _stats.log_summary([1e-3, 1e-1])
+    assert s["mean"] == pytest.approx(1e-2)
+    half = 12.706204736 * math.log(100) / 2  # t(0.975, 1)·s/√n: s = ln(100)/√2, n = 2
+    assert s["ci95"] == pytest.approx([1e-2 * math.exp(-half), 1e-2 * math.exp(half)])
+    r = _stats.paired_ratio([2.0, 8.0, 4.0], [1.0, 4.0, 2.0])  # ratio 2 in every seed
+    assert r["mean"] == pytest.approx(2.0) and r["ci95"] == pytest.approx([2.0, 2.0])
+    assert _stats.log_summary([0.5])["ci95"] is None
+    assert _stats.window(15) == (12, 15) and _stats.window(2) == (2, 2)
+    # the last quarter of 8 epochs is epochs 7-8; epoch 0 never counts
+    assert _stats.windowed([1, .5, .5, .5, .5, .5, .5, 1e-2, 1e-4]) == pytest.approx(1e-3)
+    assert _stats.windowed([1e9, 1e-2]) == pytest.approx(1e-2)
+
+
+# ---------------------------------------------------------------- results.json and files
+
+def test_results_schema(tiny_run):
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert set(results) == {"toy", "prediction", "prediction-sgd", "control", "control-sgd"}
+    for key in ("prediction", "prediction-sgd", "control", "control-sgd"):
+        assert set(results[key]) == {"standard", "modified", "l2"}
+        for m, r in results[key].items():
+            # the first round's keys
+            assert r["seeds"] == [0, 1] and r["epochs"] == 2 and 0 <= r["final_loss"] <= 1
+            assert r["final_loss_std"] >= 0 and len(r["final_loss_per_seed"]) == 2
+            assert r["optimizer"] == ("adam" if key in ("prediction", "control") else "sgd")
+            for split in ("train", "val"):
+                s = r[split]
+                assert s["window"]["epochs"] == [2, 2] and len(s["window"]["per_seed"]) == 2
+                lo, hi = s["final"]["ci95"]
+                assert lo <= s["final"]["mean"] <= hi
+                ratio = r["ratio_to_standard"][split]["window"]
+                if m == "standard":
+                    assert ratio["mean"] == pytest.approx(1.0)
+                assert ratio["ci95"][0] <= ratio["mean"] <= ratio["ci95"][1]
+            g = r["gradients"]
+            assert len(g["cos_standard_modified_mean"]) == 3  # epochs 0..2
+            assert all(-1 <= c <= 1 + 1e-12 for c in g["cos_standard_modified_min"])
+            assert all(n > 0 for n in g["norm_standard_mean"] + g["norm_modified_mean"])
+        assert results[key]["standard"]["val"]["final"]["per_seed"] == \
+            results[key]["standard"]["final_loss_per_seed"]
+    assert results["control"]["l2"]["states"] == [2, 3] and results["control"]["l2"]["target"] == 1
+    for name in ("prediction.csv", "control-sgd.csv", "prediction.png", "control-gradients.png",
+                 "summary.png", "toy.png"):
+        assert (tiny_run / name).stat().st_size > 0
+    rows = (tiny_run / "control.csv").read_text().splitlines()
+    assert rows[0].startswith("method,seed,epoch,train_loss,val_loss,cos_standard_modified")
+    assert len(rows) == 1 + 3 * 2 * 3
+    assert not list(tiny_run.rglob("*.quflow-tmp"))
+
+
+def test_gradient_cosine_is_the_cosine_of_the_two_flows():
+    """The diagnostic equals a direct computation of both flows' parameter gradients."""
+    torch.manual_seed(0)
+    model = _training.mlp(40, 40, 8)
+    (x, y), _ = prediction.make_data()
+    probe = (x[:50], y[:50])
+    cos, ns, nm = _training._probe_gradients(model, prediction.batch_loss, probe)
+    grads = {}
+    for method in ("standard", "modified"):
+        model.zero_grad()
+        quflow.fidelity_loss(model(probe[0]), probe[1], gradient=method).backward()
+        grads[method] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    a, b = grads["standard"], grads["modified"]
+    assert ns == pytest.approx(a.norm().item(), rel=1e-12)
+    assert nm == pytest.approx(b.norm().item(), rel=1e-12)
+    assert cos == pytest.approx((torch.dot(a, b) / (a.norm() * b.norm())).item(), rel=1e-12)
+    assert nm > ns  # the modified flow scales each sample up by 1/√(1 − L_i) > 1
+
+
+# ---------------------------------------------------------------- the verdict table
+
+def _readme_block(name: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    m = re.search(rf"<!-- verdict:{name} -->\n(.*?)<!-- /verdict:{name} -->", text, re.S)
+    assert m, f"README.md has no verdict:{name} block"
+    return m.group(1)
+
+
+@pytest.mark.parametrize("name", ["quick", "full"])
+def test_readme_verdict_tables_are_rendered_from_the_committed_results(name):
+    results = json.loads((DOCS / f"results-{name}.json").read_text())
+    assert _readme_block(name) == verdict.render(results)
+
+
+def test_a_fresh_run_renders_the_readme_tables_rows(tiny_run, capsys):
+    """Same claims, setups and optimisers as the README's quick table (numbers differ:
+    2 epochs here)."""
+    assert cli.main(["verdict", str(tiny_run / "results.json")]) == 0
+    fresh = capsys.readouterr().out
+    assert fresh == verdict.render(json.loads((tiny_run / "results.json").read_text()))
+
+    def skeleton(table):
+        rows = [r.split(" | ") for r in table.strip().splitlines()[2:]]
+        return [(r[0], r[1].split(" (")[0], r[2].split()[0]) for r in rows]
+
+    readme = skeleton(_readme_block("quick"))
+    assert {s for s in skeleton(fresh)} <= set(readme)
+    assert {(c, s) for c, s, _ in readme} == {(c, s) for c, s, _ in skeleton(fresh)}
+
+
+def test_verdict_rules():
+    assert verdict._judge({"mean": 0.5, "ci95": [0.3, 0.9]}) == "holds"
+    assert verdict._judge({"mean": 2.0, "ci95": [1.1, 3.0]}) == "contradicted"
+    assert verdict._judge({"mean": 0.9, "ci95": [0.5, 1.2]}) == "not separable"
+    assert verdict._judge({"mean": 0.1, "ci95": None}) == "not separable"
+    assert verdict._verdict(["holds", "holds"]) == "**yes**"
+    assert verdict._verdict(["holds", "not separable"]) == "partly"
+    assert verdict._verdict(["contradicted", "not separable"]) == "no"
+
+
+# ---------------------------------------------------------------- command line
+
+@pytest.mark.parametrize("args,msg", [
+    (["bogus"], "invalid choice"),
+    (["prediction", "--seeds", "0"], "--seeds must be >= 1"),
+    (["control", "--epochs", "-3"], "--epochs must be >= 1"),
+    (["control", "--epochs", "x"], "--epochs must be an integer"),
+    (["control", "--lr", "0", "--optimizer", "sgd"], "--lr must be a finite number > 0"),
+    (["control", "--lr", "nan", "--optimizer", "sgd"], "--lr must be a finite number > 0"),
+    (["control", "--lr", "0.1"], "--lr: give a single --optimizer"),
+    (["control", "--optimizer", "lbfgs"], "--optimizer must be"),
+    (["control", "--optimizer", "sgd,sgd"], "--optimizer must be"),
+    (["control", "--modes", "0"], "--modes must be >= 1"),
+    (["control", "--states", "2,x"], "--states must be a comma-separated list"),
+    (["control", "--states", "0,1"], "numbered from 1"),
+    (["control", "--states", "2,2"], "appears twice"),
+    (["control", "--states", "2,21"], "eigenstates 1..20, got 21"),
+    (["prediction", "--modes", "25"], "eigenstates 1..20, got 21"),
+    (["control", "--target", "21"], "eigenstates 1..20, got 21"),
+    (["control", "--states", "2,3", "--modes", "3"], "not allowed with argument"),
+    (["control", "--real-states", "--complex-states"], "not allowed with argument"),
+    (["toy", "--states", "2,3"], "--states: not used by the toy experiment"),
+    (["toy", "--modes", "25"], "--modes: not used by the toy experiment"),
+    (["toy", "--seeds", "2"], "--seeds: not used by the toy experiment"),
+    (["toy", "--real-states"], "not used by the toy experiment"),
+    (["toy", "--resume"], "--resume: not used by the toy experiment"),
+    (["prediction", "--target", "2"], "--target: not used by the prediction experiment"),
+    (["control", "--threads", "0"], "--threads must be >= 1"),
+])
+def test_bad_command_lines_exit_2_before_any_work(args, msg, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["reproduce", *args, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and msg in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_directory_is_a_usage_error(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SystemExit) as exc:
+        _reproduce("toy", "--out", str(blocker / "sub"))
+    assert exc.value.code == 2 and "cannot write there" in capsys.readouterr().err
+
+
+def test_header_and_summary_say_what_ran(tmp_path, capsys):
+    assert cli.main(["reproduce", "control", "--optimizer", "sgd", "--epochs", "1", "--seeds",
+                     "1", "--states", "1,2", "--complex-states", "--target", "4", "--out",
+                     str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "quflow reproduce control (quick): control-sgd; 1 thread(s)" in out
+    assert "control-sgd: sgd lr 1, 1 epochs × 1 seeds × 3 gradients, complex mixes of φ1,φ2 → φ4" in out
+    assert "[3/3] control-sgd l2 seed 0" in out and "ETA" in out
+    assert "| control-sgd | modified |" in out
+    assert "\r" not in out  # not a terminal: no progress-bar carriage returns
+    saved = json.loads((tmp_path / "results.json").read_text())["control-sgd"]["modified"]
+    assert saved["states"] == [1, 2] and saved["target"] == 4 and not saved["real_states"]
+
+
+def test_threads_option_sets_torch_threads(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        _reproduce("control", "--optimizer", "sgd", "--epochs", "1", "--seeds", "1", "--threads",
+                   "2", "--out", str(tmp_path))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_ctrl_c_names_resume_and_exits_130(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(_training, "train", interrupted)
+    assert _reproduce("control", "--optimizer", "sgd", "--seeds", "1", "--out",
+                      str(tmp_path)) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- resume and checkpoints
+
+def _small(out, *extra):
+    return _reproduce("control", "--optimizer", "sgd", "--seeds", "2", "--epochs", "2",
+                      "--out", str(out), *extra)
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     cfg = _training.RunConfig("prediction", "modified", 0, 3, 0.005, 200)
     (x, y), (xv, yv) = prediction.make_data()
     data = dict(train_set=(x[:1000], y[:1000]), val_set=(xv[:200], yv[:200]))
     make = lambda: _training.mlp(40, 40, 16)  # noqa: E731
     full = _training.train(cfg, make, prediction.batch_loss, ckpt=tmp_path / "a.pt",
-                           resume=False, progress=False, **data)
+                           resume=False, **data)
     calls = {"n": 0}
 
     def flaky(model, xb, yb, gradient):
         calls["n"] += 1
-        if calls["n"] == 18:  # in epoch 3 (2 initial evaluations, then 5 batches + 2 per epoch)
+        # 2 evaluations + 2 probe gradients at epoch 0, then 5 batches + 4 per epoch
+        if calls["n"] == 4 + 2 * 9 + 3:  # inside epoch 3
             raise KeyboardInterrupt
         return prediction.batch_loss(model, xb, yb, gradient)
 
     with pytest.raises(KeyboardInterrupt):
-        _training.train(cfg, make, flaky, ckpt=tmp_path / "b.pt", resume=False, progress=False,
-                        **data)
-    assert torch.load(tmp_path / "b.pt", weights_only=False)["epoch"] == 2
+        _training.train(cfg, make, flaky, ckpt=tmp_path / "b.pt", resume=False, **data)
+    assert _io.load_checkpoint(tmp_path / "b.pt")["epoch"] == 2
     resumed = _training.train(cfg, make, prediction.batch_loss, ckpt=tmp_path / "b.pt",
-                              resume=True, progress=False, **data)
+                              resume=True, **data)
     assert resumed == full
 
 
-def test_optimizer_and_lr_are_part_of_the_configuration(tmp_path):
-    _reproduce("control", "--seeds", "1", "--epochs", "1", "--optimizer", "sgd", "--lr", "0.1",
-               "--out", str(tmp_path))
-    saved = torch.load(tmp_path / "checkpoints" / "control-l2-seed0.pt", weights_only=False)
-    assert saved["config"]["optimizer"] == "sgd" and saved["config"]["lr"] == 0.1
-    with pytest.raises(SystemExit, match="different configuration"):
-        _reproduce("control", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path), "--resume")
+def test_resume_of_a_complete_folder_reproduces_its_results(tmp_path):
+    _small(tmp_path)
+    before = json.loads((tmp_path / "results.json").read_text())
+    assert _small(tmp_path, "--resume") == 0
+    assert json.loads((tmp_path / "results.json").read_text()) == before
 
 
-def test_resume_refuses_a_directory_of_another_configuration(tmp_path, capsys):
-    _reproduce("control", "--seeds", "1", "--epochs", "1", "--out", str(tmp_path))
-    before = (tmp_path / "results.json").read_bytes()
-    with pytest.raises(SystemExit, match="different configuration"):
-        _reproduce("control", "--seeds", "1", "--epochs", "2", "--out", str(tmp_path), "--resume")
-    assert (tmp_path / "results.json").read_bytes() == before
-
-
-@pytest.mark.parametrize("args,msg", [
-    (["bogus"], "invalid choice"),
-    (["toy", "--seeds", "0"], "--seeds must be >= 1"),
-    (["toy", "--epochs", "-3"], "--epochs must be >= 1"),
-    (["toy", "--epochs", "x"], "--epochs must be an integer"),
-    (["toy", "--lr", "0"], "--lr must be a finite number > 0"),
-    (["toy", "--lr", "nan"], "--lr must be a finite number > 0"),
-    (["toy", "--optimizer", "lbfgs"], "invalid choice"),
-    (["toy", "--modes", "0"], "--modes must be >= 1"),
+@pytest.mark.parametrize("change,named", [
+    (["--seeds", "3"], "seeds: 2 in the folder, 3 now"),
+    (["--epochs", "3"], "epochs: 2 in the folder, 3 now"),
+    (["--states", "2,4"], "states: [2, 3] in the folder, [2, 4] now"),
 ])
-def test_bad_command_lines_exit_non_zero(args, msg, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["reproduce", *args])
-    assert exc.value.code == 2 and msg in capsys.readouterr().err
+def test_resume_with_another_configuration_exits_3_and_names_it(tmp_path, capsys, change, named):
+    _small(tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    args = ["--seeds", "2", "--epochs", "2"]
+    for i in range(0, len(change), 2):
+        if change[i] in args:
+            args[args.index(change[i]) + 1] = change[i + 1]
+        else:
+            args += change[i:i + 2]
+    capsys.readouterr()
+    code = _reproduce("control", "--optimizer", "sgd", *args, "--out", str(tmp_path), "--resume")
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "--resume refused" in err and named in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
-def test_modes_beyond_the_grid_are_refused(tmp_path):
-    with pytest.raises(SystemExit, match="the grid has 20 eigenstates"):
-        _reproduce("prediction", "--modes", "21", "--out", str(tmp_path))
-    (x, _), _ = prediction.make_data(modes=20)
-    assert x.shape == (10_000, 40)
+def _flip(path: Path, offset: int = -200, count: int = 32):
+    data = bytearray(path.read_bytes())
+    for i in range(count):
+        data[offset + i] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
-def test_unwritable_output_directory(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    with pytest.raises(SystemExit, match="cannot write there"):
-        _reproduce("toy", "--out", str(blocker / "sub"))
+def _edit_epoch(path: Path):
+    """A tampered checkpoint with a valid-looking digest: epoch counter changed."""
+    state = _io.load_checkpoint(path)
+    state["epoch"] = 1
+    _io.save_checkpoint(path, state)
 
+
+@pytest.mark.parametrize("damage,reason", [
+    (_flip, "does not match its digest"),
+    (lambda p: p.write_bytes(p.read_bytes()[:1000]), "does not match its digest"),
+    (lambda p: p.write_bytes(b""), "not a quflow checkpoint"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 garbage"), "not a quflow checkpoint"),
+    (_edit_epoch, "inconsistent content"),
+])
+def test_damaged_checkpoints_are_refused_with_exit_4(tmp_path, capsys, damage, reason):
+    _small(tmp_path)
+    target = tmp_path / "checkpoints" / "control-sgd-modified-seed1.pt"
+    damage(target)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert _small(tmp_path, "--resume") == 4
+    err = capsys.readouterr().err
+    assert str(target) in err and reason in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+class _Payload:
+    ran = []
+
+    def __reduce__(self):
+        return (_Payload.ran.append, ("code ran",))
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path, capsys):
+    _small(tmp_path)
+    target = tmp_path / "checkpoints" / "control-sgd-l2-seed0.pt"
+    state = _io.load_checkpoint(target)
+    state["config"]["extra"] = _Payload()  # a pickled object with a valid digest
+    _io.save_checkpoint(target, state)
+    _Payload.ran.clear()
+    assert _small(tmp_path, "--resume") == 4
+    assert _Payload.ran == [] and "cannot be loaded as plain data" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- atomic files
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "toy.csv"
+    path.write_text("complete\n")
+
+    def fail(tmp):
+        Path(tmp).write_text("trunc")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        _io.write_atomic(path, fail)
+    assert path.read_text() == "complete\n" and os.listdir(tmp_path) == ["toy.csv"]
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / ".results.json.abc.quflow-tmp",
+             tmp_path / "checkpoints" / ".control-l2-seed0.pt.x.quflow-tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    keep = tmp_path / "notes.tmp"
+    keep.write_text("mine")
+    _reproduce("toy", "--out", str(tmp_path))
+    assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
+
+
+# ---------------------------------------------------------------- data parallel
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
     """torchrun with 2 gloo processes on localhost == 1 process, same data and seed."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    common = ["reproduce", "prediction", "--seeds", "1", "--epochs", "2", "--no-progress"]
+    common = ["reproduce", "prediction", "--optimizer", "adam", "--seeds", "1", "--epochs", "2",
+              "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
     with socket.socket() as sock:  # a free port on the loopback interface
         sock.bind(("127.0.0.1", 0))
@@ -131,3 +456,18 @@ def test_two_processes_train_like_one(tmp_path):
     b = json.loads((two / "results.json").read_text())["prediction"]
     for m in a:
         assert b[m]["final_loss"] == pytest.approx(a[m]["final_loss"], rel=1e-10)
+        cos_a = a[m]["gradients"]["cos_standard_modified_mean"]
+        assert b[m]["gradients"]["cos_standard_modified_mean"] == pytest.approx(cos_a, rel=1e-10)
+
+
+def test_exit_codes_as_a_process(tmp_path):
+    """The documented exit codes, seen from a shell."""
+    run = lambda *a: subprocess.run([sys.executable, "-m", "quflow", "reproduce", *a],  # noqa: E731
+                                    capture_output=True, text=True)
+    assert run("toy", "--states", "2").returncode == 2
+    out = str(tmp_path)
+    assert run("control", "--optimizer", "sgd", "--seeds", "1", "--epochs", "1", "--out", out,
+               "--no-progress").returncode == 0
+    r = run("control", "--optimizer", "sgd", "--seeds", "2", "--epochs", "1", "--out", out,
+            "--resume")
+    assert r.returncode == 3 and "seeds: 1 in the folder, 2 now" in r.stderr

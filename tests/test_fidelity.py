@@ -197,20 +197,3 @@ def test_fidelity_loss_module():
 def test_bad_input(call, exc, msg):
     with pytest.raises(exc, match=msg):
         call()
-
-
-# ---------------------------------------------------------------- toy experiment
-
-def test_toy_experiment_reproduces_the_papers_ordering(tmp_path):
-    from quflow.experiments import toy
-
-    summary = toy.run(tmp_path, quick=True)
-    steps = {g: summary[g]["steps_to_target"] for g in ("standard", "l2", "modified")}
-    assert all(s is not None for s in steps.values())
-    assert steps["modified"] < steps["standard"] and steps["l2"] < steps["standard"]
-    for name in ("toy.csv", "toy.json", "toy.png"):
-        assert (tmp_path / name).stat().st_size > 0
-    # the standard gradient's escape time grows as θ₀ → π/2, the others' barely move
-    far = toy.simulate("standard", theta0=math.pi / 2 - 1e-6, steps=400)["steps_to_target"]
-    far_m = toy.simulate("modified", theta0=math.pi / 2 - 1e-6, steps=400)["steps_to_target"]
-    assert far > steps["standard"] + 20 and far_m <= steps["modified"] + 2

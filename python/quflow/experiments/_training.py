@@ -1,18 +1,21 @@
 """Private training harness shared by the prediction and control experiments.
 
-One *run* = one (experiment, gradient method, seed). A run trains with Adam on mini-batches
-of a fixed training set, evaluates the quantum loss on the training and validation sets
-after every epoch, and checkpoints atomically after every epoch so that ``--resume``
-loses at most the epoch in progress. Under ``torchrun`` (``torch.distributed`` with the
-gloo backend) every mini-batch is split across the ranks and DDP averages the gradients,
-which equals one process on the same data and seed.
+One *setup* = (experiment, optimiser); one *run* = (setup, gradient method, seed). A run
+trains a fully connected network on mini-batches of a fixed training set, evaluates the
+quantum loss on the training and validation sets after every epoch, measures the
+standard and modified gradients of the network parameters on a fixed probe batch (their
+cosine and norms: how different the two flows really are), and checkpoints after every
+epoch so that ``--resume`` loses at most the epoch in progress. Under ``torchrun``
+(``torch.distributed``, gloo) every mini-batch is split across the ranks and DDP averages
+the gradients, which equals one process on the same data and seed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
+import math
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +24,10 @@ import torch.distributed as dist
 from torch import nn
 
 from ..fidelity import GRADIENTS
+from ..grid import Grid
+from . import _io, _plots, _stats
+
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +39,7 @@ class RunConfig:
     lr: float
     batch_size: int
     extra: tuple = ()  # experiment-specific settings that a resumed run must share
-    optimizer: str = "adam"  # "adam" (the paper's) or "sgd" (plain, for comparison)
+    optimizer: str = "adam"  # "adam" (the paper's) or "sgd" (plain)
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -41,7 +48,7 @@ class RunConfig:
 
 
 class ConfigMismatch(Exception):
-    """A checkpoint to resume from was written by a different configuration."""
+    """A checkpoint or folder to resume from was written by a different configuration."""
 
 
 def world() -> tuple[int, int]:
@@ -51,99 +58,120 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def write_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``:
-    readers see the old file or the new one, never a torn one. The file gets the
-    permissions of an ordinary new file (0666 & ~umask), not mkstemp's 0600."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def _differences(saved: dict, now: dict) -> str:
+    keys = [k for k in {**saved, **now} if saved.get(k) != now.get(k)]
+    return "; ".join(f"{k}: {saved.get(k)!r} in the folder, {now.get(k)!r} now" for k in keys)
 
 
-def _require_config(cfg: RunConfig, saved: dict, name: str) -> None:
+def _require_config(cfg: RunConfig, saved: object, name: str) -> None:
     if saved != cfg.as_dict():
-        diff = {k: (saved.get(k), v) for k, v in cfg.as_dict().items() if saved.get(k) != v}
-        raise ConfigMismatch(f"{name}: written by a different configuration "
-                             f"(saved vs now: {diff})")
+        if not isinstance(saved, dict):
+            raise _io.CorruptCheckpoint(f"{name}: its configuration is not a dictionary")
+        raise ConfigMismatch(f"{name} was written by a different configuration "
+                             f"({_differences(saved, cfg.as_dict())})")
 
 
-def check_resumable(cfg: RunConfig, path: Path) -> None:
-    """Raises ConfigMismatch if ``path`` holds a checkpoint of another configuration."""
-    if path.exists():
-        _require_config(cfg, torch.load(path, weights_only=False)["config"], path.name)
+_CURVES = ("train", "val", "cos", "norm_standard", "norm_modified")
+
+
+def load_run(cfg: RunConfig, path: Path) -> dict:
+    """The verified checkpoint of run ``cfg`` at ``path``.
+
+    Raises:
+        CorruptCheckpoint: damaged, edited or inconsistent (the message names the file).
+        ConfigMismatch: written by another configuration.
+    """
+    try:
+        state = _io.load_checkpoint(path)
+    except _io.CorruptCheckpoint as exc:
+        raise _io.CorruptCheckpoint(f"{path}: {exc}") from None
+    _require_config(cfg, state.get("config"), str(path))
+    epoch, curves = state.get("epoch"), state.get("curves")
+    ok = (isinstance(epoch, int) and 1 <= epoch <= cfg.epochs and isinstance(curves, dict)
+          and all(isinstance(curves.get(k), list) and len(curves[k]) == epoch + 1
+                  for k in _CURVES)
+          and all(isinstance(state.get(k), dict) for k in ("model", "optim"))
+          and isinstance(state.get("shuffle"), torch.Tensor))
+    if not ok:
+        raise _io.CorruptCheckpoint(f"{path}: inconsistent content (epoch counter, curves "
+                                    f"or training state)")
+    return state
+
+
+def _probe_gradients(model: nn.Module, batch_loss, probe) -> tuple[float, float, float]:
+    """(cosine, ‖g_standard‖, ‖g_modified‖) of the network-parameter gradients on ``probe``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = []
+    for method in ("standard", "modified"):
+        grads = torch.autograd.grad(batch_loss(model, *probe, method), params)
+        flat.append(torch.cat([g.reshape(-1) for g in grads]))
+    a, b = flat
+    na, nb = a.norm().item(), b.norm().item()
+    cos = (a @ b).item() / (na * nb) if na > 0 and nb > 0 else float("nan")
+    return cos, na, nb
 
 
 def train(cfg: RunConfig, make_model: Callable[[], nn.Module],
           batch_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, str], torch.Tensor],
           train_set: tuple[torch.Tensor, torch.Tensor], val_set: tuple[torch.Tensor, torch.Tensor],
-          ckpt: Path | None, resume: bool, progress: bool = True) -> dict:
-    """Trains one run; returns ``{"train": [...], "val": [...]}`` (quantum loss per epoch,
-    index 0 = before training).
+          ckpt: Path | None, resume: bool, probe: tuple[torch.Tensor, torch.Tensor] | None = None,
+          on_epoch: Callable[[int, float, float], None] | None = None) -> dict:
+    """Trains one run; returns its curves over epochs ``0..E`` (index 0 = before training).
 
+    ``{"train", "val"}``: quantum loss; ``{"cos", "norm_standard", "norm_modified"}``: the
+    gradient diagnostic on ``probe`` (default: the first 200 training samples).
     ``batch_loss(model, x, y, gradient)`` returns the mean quantum loss of a mini-batch,
     backpropagating with the given gradient method.
     """
     rank, size = world()
     torch.manual_seed(cfg.seed)
     model = make_model()
-    opt = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(model.parameters(),
-                                                                            lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
-    curves = {"train": [], "val": []}
+    curves = {k: [] for k in _CURVES}
     start = 0
     if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        _require_config(cfg, state["config"], ckpt.name)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        shuffle.set_state(state["shuffle"])
+        state = load_run(cfg, ckpt)
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optim"])
+            shuffle.set_state(state["shuffle"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise _io.CorruptCheckpoint(f"{ckpt}: its training state does not fit the run "
+                                        f"({str(exc).splitlines()[0]})") from None
         curves, start = state["curves"], state["epoch"]
     ddp = nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    x_all, y_all = train_set
+    if probe is None:
+        probe = (x_all[:200], y_all[:200])
 
-    def evaluate() -> tuple[float, float]:
+    def record() -> tuple[float, float]:
         with torch.no_grad():
-            return tuple(batch_loss(model, x, y, "standard").item() for x, y in (train_set, val_set))
+            tr, va = (batch_loss(model, x, y, "standard").item() for x, y in (train_set, val_set))
+        for k, v in zip(_CURVES, (tr, va, *_probe_gradients(model, batch_loss, probe))):
+            curves[k].append(v)
+        return tr, va
 
     if start == 0:
-        tr, va = evaluate()
-        curves["train"].append(tr)
-        curves["val"].append(va)
-    x_all, y_all = train_set
+        record()
     n = x_all.shape[0]
-    epochs = range(start, cfg.epochs)
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.epochs, initial=start, leave=False, dynamic_ncols=True,
-                   desc=f"{cfg.experiment} {cfg.method} seed {cfg.seed}")
-    for epoch in epochs:
+    for epoch in range(start, cfg.epochs):
         order = torch.randperm(n, generator=shuffle)
         for first in range(0, n, cfg.batch_size):
             idx = order[first:first + cfg.batch_size][rank::size]  # this rank's share
             opt.zero_grad()
             batch_loss(ddp, x_all[idx], y_all[idx], cfg.method).backward()
             opt.step()
-        tr, va = evaluate()
-        curves["train"].append(tr)
-        curves["val"].append(va)
+        tr, va = record()
         if ckpt is not None and rank == 0:
-            state = {"config": cfg.as_dict(), "epoch": epoch + 1, "model": model.state_dict(),
-                     "optim": opt.state_dict(), "shuffle": shuffle.get_state(), "curves": curves}
-            write_atomic(ckpt, lambda tmp: torch.save(state, tmp))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(train=f"{tr:.3g}", val=f"{va:.3g}")
-    if bar is not None:
-        bar.close()
+            _io.save_checkpoint(ckpt, {"config": cfg.as_dict(), "epoch": epoch + 1,
+                                       "model": model.state_dict(), "optim": opt.state_dict(),
+                                       "shuffle": shuffle.get_state(), "curves": curves})
+        if on_epoch is not None:
+            on_epoch(epoch + 1, tr, va)
     return curves
 
 
@@ -153,141 +181,257 @@ def mlp(inputs: int, outputs: int, hidden: int) -> nn.Sequential:
                          nn.Linear(hidden, outputs)).double()
 
 
-def smooth(values: list[float], window: int = 10) -> list[float]:
-    """Trailing moving average over up to ``window`` epochs."""
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
-
-
-def run_suite(name: str, out: Path, *, methods, seeds: int, epochs: int, lr: float,
-              batch_size: int, extra: tuple, make_model, batch_loss, train_set, val_set,
-              resume: bool, progress: bool = True, check_only: bool = False,
-              optimizer: str = "adam") -> dict | None:
-    """All (method, seed) runs of one experiment: checkpoints in ``out/checkpoints``, curves
-    in ``out/<name>.csv``, the figure ``out/<name>.png``; returns the results.json entry."""
-    import csv
-    import statistics
-
-    rank, size = world()
-    if batch_size % size:
-        raise ValueError(f"{name}: mini-batch {batch_size} does not split evenly over "
-                         f"{size} processes")
-    ckpt_dir = out / "checkpoints"
-    configs = [RunConfig(name, m, s, epochs, lr, batch_size, extra, optimizer)
-               for m in methods for s in range(seeds)]
-    paths = {c: ckpt_dir / f"{name}-{c.method}-seed{c.seed}.pt" for c in configs}
-    if resume:  # refuse before any run writes anything
-        for c in configs:
-            check_resumable(c, paths[c])
-    if check_only:
-        return None
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    curves = {c: train(c, make_model, batch_loss, train_set, val_set, paths[c], resume, progress)
-              for c in configs}
-    results = {}
-    for m in methods:
-        runs = [c for c in configs if c.method == m]
-        finals = [curves[c]["val"][-1] for c in runs]
-        results[m] = {
-            "final_loss": statistics.fmean(finals),
-            "final_loss_std": statistics.pstdev(finals),
-            "seeds": [c.seed for c in runs],
-            "final_loss_per_seed": finals,
-            "final_train_loss": statistics.fmean(curves[c]["train"][-1] for c in runs),
-            "epochs": epochs,
-        }
-    if rank == 0:
-        with open(out / f"{name}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["method", "seed", "epoch", "train_loss", "val_loss"])
-            for c in configs:
-                for e, (tr, va) in enumerate(zip(curves[c]["train"], curves[c]["val"])):
-                    w.writerow([c.method, c.seed, e, f"{tr:.8g}", f"{va:.8g}"])
-        _plot(name, {c: curves[c] for c in configs}, methods, out / f"{name}.png")
-    return results
-
-
-COLORS = {"standard": "tab:blue", "l2": "tab:orange", "modified": "tab:green"}
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot(name: str, curves: dict, methods, path: Path) -> None:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, split in zip(axes, ("train", "val")):
-        for m in methods:
-            runs = [c for c in curves if c.method == m]
-            for c in runs:
-                ax.plot(smooth(curves[c][split]), color=COLORS[m], alpha=0.25, lw=0.8)
-            mean = [sum(v) / len(v) for v in zip(*(curves[c][split] for c in runs))]
-            ax.plot(smooth(mean), color=COLORS[m], lw=2, label=m)
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_title(f"{name}: {'training' if split == 'train' else 'validation'} set")
-    axes[0].set_ylabel("quantum loss 1 − |⟨ψ, φ⟩|² (10-epoch mean)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def superpositions(grid: Grid, count: int, seed: int, states: tuple[int, ...],
+                   real: bool) -> torch.Tensor:
+    """``count`` normalised random superpositions ``Σ_m c_m φ_m`` of the box eigenstates
+    ``states`` (1-based), complex128 ``(count, n)``: i.i.d. standard Gaussian ``c_m``,
+    real (``real=True``, as tum-pbs/half-inverse-gradients ``Quantum_dipole``) or complex."""
+    gen = torch.Generator().manual_seed(seed)
+    basis = grid.eigenstates(max(states), dtype=torch.complex128)[[s - 1 for s in states]]
+    if real:
+        coeff = torch.randn(count, len(states), dtype=torch.float64, generator=gen)
+        coeff = coeff.to(torch.complex128)
+    else:
+        coeff = torch.view_as_complex(
+            torch.randn(count, len(states), 2, dtype=torch.float64, generator=gen))
+    psi = coeff @ basis
+    return psi / torch.linalg.vector_norm(psi, dim=-1, keepdim=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """One trained experiment of the paper: its data, loss and network (a two-hidden-layer
-    MLP ``inputs → hidden → hidden → outputs``), and the paper's optimiser settings."""
+    MLP ``inputs → hidden → hidden → outputs``), and its default settings."""
 
     name: str
-    make_data: Callable  # make_data(modes=) -> ((x, y) train, (x, y) validation)
+    make_data: Callable  # make_data(states=, real=, target=) -> ((x, y) train, (x, y) val)
     batch_loss: Callable  # batch_loss(model, x, y, gradient) -> mean quantum loss
+    n: int  # grid points: eigenstates 1..n exist
     inputs: int
     outputs: int
     hidden: int
-    lr: float
+    lr: dict  # optimiser -> default learning rate
     batch_size: int
     epochs: dict  # {"quick": ..., "full": ...}
-    modes: int  # default initial-state distribution: lowest `modes` box eigenstates
+    seeds: dict  # {"quick": ..., "full": ...}
+    states: tuple  # default initial states: 1-based box eigenstates superposed
+    real_states: bool  # default: real coefficients
+    target: int | None  # default control target φ_K; None: the experiment has no target
+    probe: int  # probe batch for the gradient diagnostic: `probe` training samples, evenly spaced
+    seconds_per_epoch: float  # a prior for the ETA (one thread, this project's 2-core VM)
     extra: tuple = ()
 
-    def run(self, out: Path, *, quick: bool = True, seeds: int = 3, epochs: int | None = None,
-            resume: bool = False, progress: bool = True, optimizer: str = "adam",
-            lr: float | None = None, modes: int | None = None,
-            check_only: bool = False) -> dict | None:
-        """All three gradient methods × ``seeds`` runs; writes CSV, PNG and checkpoints.
 
-        Returns ``{method: {"final_loss", "final_loss_std", "seeds", "final_loss_per_seed",
-        "final_train_loss", "epochs"}}``: validation quantum loss after the last epoch, mean
-        and population standard deviation over seeds. ``optimizer``/``lr`` override the
-        paper's Adam and learning rate (for comparisons, e.g. plain SGD); ``modes`` changes
-        the initial-state distribution. All of them belong to a run's configuration.
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything one (experiment, optimiser) pair runs with, resolved from the options."""
+
+    experiment: Experiment
+    optimizer: str
+    lr: float
+    seeds: int
+    epochs: int
+    states: tuple
+    real_states: bool
+    target: int | None
+
+    @property
+    def key(self) -> str:
+        """The results.json key: the experiment's name for Adam, ``name-optimizer`` otherwise."""
+        name = self.experiment.name
+        return name if self.optimizer == "adam" else f"{name}-{self.optimizer}"
+
+    @property
+    def settings(self) -> dict:
+        d = {"optimizer": self.optimizer, "lr": self.lr, "states": list(self.states),
+             "real_states": self.real_states}
+        if self.target is not None:
+            d["target"] = self.target
+        return d
+
+    def describe(self) -> str:
+        s = ",".join(f"φ{k}" for k in self.states)
+        kind = "real" if self.real_states else "complex"
+        target = f" → φ{self.target}" if self.target is not None else ""
+        return (f"{self.key}: {self.optimizer} lr {self.lr:g}, {self.epochs} epochs × "
+                f"{self.seeds} seeds × {len(GRADIENTS)} gradients, {kind} mixes of "
+                f"{s}{target}")
+
+    def configs(self) -> list[RunConfig]:
+        e = self.experiment
+        extra = (("hidden", e.hidden), ("states", list(self.states)),
+                 ("real_states", self.real_states), *e.extra)
+        if self.target is not None:
+            extra = (*extra, ("target", self.target))
+        return [RunConfig(e.name, m, s, self.epochs, self.lr, e.batch_size, extra,
+                          self.optimizer) for m in GRADIENTS for s in range(self.seeds)]
+
+    def checkpoint(self, out: Path, cfg: RunConfig) -> Path:
+        return out / "checkpoints" / f"{self.key}-{cfg.method}-seed{cfg.seed}.pt"
+
+    def manifest(self) -> dict:
+        return {"seeds": self.seeds, "epochs": self.epochs, **self.settings}
+
+    def check_resumable(self, out: Path) -> None:
+        """With ``--resume``: the folder's manifest and every checkpoint of this setup
+        belong to this configuration and are intact. Writes nothing.
+
+        Raises:
+            ConfigMismatch: another configuration (seeds, epochs, states, …): the
+                differences are named.
+            CorruptCheckpoint: a damaged or edited checkpoint, named.
         """
-        modes = modes or self.modes
-        train_set, val_set = self.make_data(modes=modes)
-        return run_suite(
-            self.name, Path(out), methods=GRADIENTS, seeds=seeds,
-            epochs=epochs or self.epochs["quick" if quick else "full"], lr=lr or self.lr,
-            batch_size=self.batch_size, extra=(("hidden", self.hidden), ("modes", modes),
-                                               *self.extra),
-            make_model=lambda: mlp(self.inputs, self.outputs, self.hidden),
-            batch_loss=self.batch_loss, train_set=train_set, val_set=val_set, resume=resume,
-            progress=progress, check_only=check_only, optimizer=optimizer)
+        path = out / "checkpoints" / f"{self.key}.json"
+        if path.exists():
+            import json
 
-    def check(self, out: Path, *, resume: bool = False, **settings) -> None:
-        """Validates ``settings`` (ValueError, e.g. more ``modes`` than the grid has) and,
-        with ``resume``, that ``out`` holds no checkpoints of another configuration
-        (ConfigMismatch). Trains nothing and writes nothing."""
-        self.run(out, resume=resume, progress=False, check_only=True, **settings)
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, ValueError):
+                raise _io.CorruptCheckpoint(f"{path}: unreadable manifest") from None
+            if saved != self.manifest():
+                raise ConfigMismatch(f"{path} was written by a different configuration "
+                                     f"({_differences(saved, self.manifest())})")
+        for cfg in self.configs():
+            ckpt = self.checkpoint(out, cfg)
+            if ckpt.exists():
+                load_run(cfg, ckpt)
+
+    def run(self, out: Path, *, resume: bool, progress: "Progress") -> dict:
+        """Trains every (gradient, seed) run; writes checkpoints, ``<key>.csv``,
+        ``<key>.png`` and ``<key>-gradients.png``; returns the results.json entry."""
+        e = self.experiment
+        rank, size = world()
+        if e.batch_size % size:
+            raise ValueError(f"{e.name}: mini-batch {e.batch_size} does not split evenly "
+                             f"over {size} processes")
+        train_set, val_set = e.make_data(states=self.states, real=self.real_states,
+                                         target=self.target)
+        stride = max(1, len(train_set[0]) // e.probe)  # spread over the training set
+        probe = tuple(t[::stride][:e.probe] for t in train_set)
+        if rank == 0:
+            (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            _io.remove_stale_temporaries(out / "checkpoints")
+            _io.write_json(out / "checkpoints" / f"{self.key}.json", self.manifest())
+        curves = {m: [] for m in GRADIENTS}
+        for cfg in self.configs():
+            label = f"{self.key} {cfg.method} seed {cfg.seed}"
+            with progress.run(label, e.name, cfg.epochs) as on_epoch:
+                curves[cfg.method].append(train(
+                    cfg, lambda: mlp(e.inputs, e.outputs, e.hidden), e.batch_loss, train_set,
+                    val_set, self.checkpoint(out, cfg), resume, probe=probe,
+                    on_epoch=on_epoch))
+        results = _stats.summarise(curves, list(range(self.seeds)), epochs=self.epochs,
+                                   setup=self.settings)
+        if rank == 0:
+            rows = [["method", "seed", "epoch", "train_loss", "val_loss", "cos_standard_modified",
+                     "grad_norm_standard", "grad_norm_modified"]]
+            for m, runs in curves.items():
+                for seed, c in enumerate(runs):
+                    rows += [[m, seed, ep, *(f"{c[k][ep]:.8g}" for k in _CURVES)]
+                             for ep in range(len(c["train"]))]
+            _io.write_csv(out / f"{self.key}.csv", rows)
+            _plots.curves(curves, out / f"{self.key}.png", title=self.describe())
+            _plots.gradients(curves, out / f"{self.key}-gradients.png", title=self.describe())
+        return results
+
+
+def plan(experiment: Experiment, *, quick: bool, optimizers: tuple[str, ...],
+         seeds: int | None = None, epochs: int | None = None, lr: float | None = None,
+         states: tuple[int, ...] | None = None, real_states: bool | None = None,
+         target: int | None = None) -> list[Setup]:
+    """The setups that ``quflow reproduce <experiment>`` runs, with defaults filled in.
+
+    Raises:
+        ValueError: an eigenstate or target outside ``1..n``, or a target for an
+            experiment without one.
+    """
+    e = experiment
+    mode = "quick" if quick else "full"
+    states = tuple(states) if states else e.states
+    for k in states:
+        if not 1 <= k <= e.n:
+            raise ValueError(f"--states: the grid has eigenstates 1..{e.n}, got {k}")
+    if target is not None:
+        if e.target is None:
+            raise ValueError(f"--target: the {e.name} experiment has no target state")
+        if not 1 <= target <= e.n:
+            raise ValueError(f"--target: the grid has eigenstates 1..{e.n}, got {target}")
+    return [Setup(e, opt, lr or e.lr[opt], seeds or e.seeds[mode], epochs or e.epochs[mode],
+                  states, e.real_states if real_states is None else real_states,
+                  target if target is not None else e.target)
+            for opt in optimizers]
+
+
+class Progress:
+    """Run-level progress: ``[k/N] label … elapsed, ETA`` lines, and on a terminal a
+    per-epoch bar (tqdm) that leaves no carriage-return trail in a log file."""
+
+    def __init__(self, total_epochs: dict[str, int], prior: dict[str, float], *,
+                 enabled: bool = True, stream=None) -> None:
+        self.stream = stream or sys.stdout
+        self.enabled = enabled and world()[0] == 0
+        self.tty = self.enabled and self.stream.isatty()
+        self.remaining = dict(total_epochs)  # experiment -> epochs still to run
+        self.runs_total = None
+        self.runs_done = 0
+        self.prior = dict(prior)
+        self.spent = {k: [0.0, 0] for k in prior}  # experiment -> [seconds, epochs]
+        self.t0 = time.perf_counter()
+
+    def _eta(self) -> float:
+        eta = 0.0
+        for name, left in self.remaining.items():
+            secs, eps = self.spent[name]
+            eta += left * (secs / eps if eps else self.prior[name])
+        return eta
+
+    def run(self, label: str, experiment: str, epochs: int):
+        progress = self
+
+        class _Run:
+            def __enter__(self):
+                self.t = time.perf_counter()
+                self.calls = 0
+                self.bar = None
+                if progress.tty:
+                    from tqdm import tqdm
+
+                    self.bar = tqdm(total=epochs, leave=False, dynamic_ncols=True,
+                                    desc=label, file=progress.stream)
+                return self.on_epoch
+
+            def on_epoch(self, epoch, tr, va):
+                now = time.perf_counter()
+                progress.spent[experiment][0] += now - self.t
+                progress.spent[experiment][1] += 1
+                progress.remaining[experiment] -= 1
+                self.t = now
+                self.calls += 1
+                self.last = (tr, va)
+                if self.bar is not None:
+                    self.bar.n = epoch
+                    self.bar.set_postfix(train=f"{tr:.3g}", val=f"{va:.3g}")
+
+            def __exit__(self, exc_type, *exc):
+                if self.bar is not None:
+                    self.bar.close()
+                if exc_type is None:
+                    # epochs that a resumed run did not have to train count as done
+                    progress.remaining[experiment] -= epochs - self.calls
+                    progress.runs_done += 1
+                    if progress.enabled:
+                        tr, va = getattr(self, "last", (math.nan, math.nan))
+                        total = progress.runs_total or progress.runs_done
+                        print(f"   [{progress.runs_done}/{total}] {label}: train "
+                              f"{tr:.3g}, val {va:.3g} | elapsed "
+                              f"{_clock(time.perf_counter() - progress.t0)}, ETA "
+                              f"{_clock(progress._eta())}", file=progress.stream, flush=True)
+                return False
+
+        return _Run()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"

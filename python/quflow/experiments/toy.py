@@ -1,118 +1,147 @@
-"""The paper's toy experiment (§2.2–2.4, Fig. 1): escaping the loss maximum.
+"""The paper's toy experiment (§2.2–2.4, eqs. 3–5, Fig. 1): escaping the loss maximum.
 
-A prediction ``v = (x, y)`` starts at ``v(θ₀) = (cos θ₀, sin θ₀)`` with ``θ₀`` slightly below
-``π/2``, almost orthogonal to the target ``w = (1, 0)``, and follows plain gradient descent
-``v ← v − η·G`` on the quantum loss ``L = 1 − |⟨v, w⟩|²/(‖v‖²‖w‖²)`` with
-``G`` ∈ {standard ``∇L``, L2 ``∇½‖v − w‖²``, modified ``∇L/√(1 − L)``}. Near ``θ = π/2``
-the standard gradient ``∝ sin 2θ`` nearly vanishes, so it escapes the maximum slowly;
-L2 and the modified gradient have ``O(1)`` size there.
+The prediction is a unit vector ``v(θ) = (cos θ, sin θ)`` and the target ``w = (1, 0)``;
+the quantum loss is ``L(θ) = 1 − |⟨v(θ), w⟩|² = sin² θ``. Plain gradient descent on the
+angle, ``θ ← θ − η·G(θ)``, with each gradient flow of :func:`quflow.fidelity_loss` pulled
+back through ``v(θ)`` (``G = ⟨g_v, ∂v/∂θ⟩`` for the flow's gradient ``g_v`` with respect to
+``v``):
+
+* standard  ``G = dL/dθ = sin 2θ``                         (eq. 3)
+* L2        ``G = d/dθ ½‖v(θ) − w‖² = sin θ``              (eq. 4)
+* modified  ``G = (dL/dθ)/√(1 − L) = 2·sin θ·sign(cos θ)``  (eq. 5)
+
+``v`` stays on the unit circle. Started at ``θ₀ = π/2 − δ`` (almost orthogonal to
+``w``, next to the loss maximum), the standard gradient ``≈ 2δ`` nearly vanishes, so it
+escapes slowly, and ever more slowly as ``δ → 0``; L2 and the modified gradient have size
+``O(1)`` there and do not care how close the start is.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from ..fidelity import GRADIENTS, fidelity_loss
-from ._training import COLORS, pyplot
+from . import _io
+from ._plots import COLORS, pyplot
 
-__all__ = ["run", "simulate"]
+__all__ = ["OFFSETS", "run", "simulate"]
 
 TARGET_LOSS = 1e-3
+OFFSETS = (1e-2, 1e-4, 1e-6)  # δ: θ₀ = π/2 − δ
+LR = 0.1
+STEPS = {"quick": 300, "full": 1500}
 
 
-def simulate(gradient: str, *, theta0: float = math.pi / 2 - 0.01, lr: float = 0.1,
+def simulate(gradient: str, *, theta0: float = math.pi / 2 - 1e-2, lr: float = LR,
              steps: int = 300) -> dict:
-    """Gradient descent on ``v ∈ R²`` (as the complex state ``(x, y)``) towards ``w = (1, 0)``.
+    """Gradient descent on the angle ``θ`` of ``v(θ) = (cos θ, sin θ)`` towards ``w = (1, 0)``.
 
     Args:
         gradient: ``"standard"``, ``"l2"`` or ``"modified"`` (see :func:`quflow.fidelity_loss`).
-        theta0: initial angle of ``v`` (radians).
+        theta0: initial angle ``θ₀`` (radians).
         lr: step size ``η``.
         steps: number of gradient steps.
 
     Returns:
-        ``{"loss": [L_0 … L_steps], "xy": [[x_0, y_0], …], "steps_to_target": k or None}``
-        where ``steps_to_target`` is the first step with ``L < 1e-3``.
+        ``{"loss": [L_0 … L_steps], "theta": [θ_0 … θ_steps], "steps_to_target": k or None}``
+        where ``steps_to_target`` is the first step ``k`` with ``L_k < 1e-3``.
+
+    Example:
+        >>> r = simulate("modified", theta0=math.pi / 2 - 1e-2, steps=40)
+        >>> r["steps_to_target"], round(r["theta"][1], 6)   # θ₁ = θ₀ − 2η·sin θ₀
+        (23, 1.360827)
     """
     w = torch.tensor([1.0, 0.0], dtype=torch.complex128)
-    v = torch.tensor([math.cos(theta0), math.sin(theta0)], dtype=torch.float64)
-    losses, xy, hit = [], [], None
+    theta = torch.tensor(float(theta0), dtype=torch.float64)
+    losses, thetas, hit = [], [], None
     for k in range(steps + 1):
-        v_c = v.to(torch.complex128).requires_grad_()
-        loss = fidelity_loss(v_c, w, gradient=gradient)
+        theta_k = theta.clone().requires_grad_()
+        v = torch.stack([torch.cos(theta_k), torch.sin(theta_k)]).to(torch.complex128)
+        loss = fidelity_loss(v, w, gradient=gradient)
         losses.append(loss.item())
-        xy.append(v.tolist())
+        thetas.append(theta.item())
         if hit is None and loss.item() < TARGET_LOSS:
             hit = k
         if k == steps:
             break
-        (g,) = torch.autograd.grad(loss, v_c)
-        v = v - lr * g.real  # the state is real: only the real part of the gradient moves it
-    return {"loss": losses, "xy": xy, "steps_to_target": hit}
+        (g,) = torch.autograd.grad(loss, theta_k)  # the flow's gradient pulled back to θ
+        theta = theta - lr * g
+    return {"loss": losses, "theta": thetas, "steps_to_target": hit}
 
 
-def run(out: Path, *, quick: bool = True, theta0: float = math.pi / 2 - 0.01,
-        lr: float = 0.1) -> dict:
-    """Runs all three gradients, writes ``toy.csv``, ``toy.json`` and ``toy.png`` to ``out``.
+def run(out: Path, *, quick: bool = True, lr: float = LR) -> dict:
+    """Runs every gradient from every ``θ₀ = π/2 − δ``; writes ``toy.csv``, ``toy.json``
+    and ``toy.png`` to ``out`` (atomically).
 
     Returns:
         ``{gradient: {"final_loss", "final_loss_std", "seeds", "steps_to_target",
-        "steps_to_target_by_offset"}}``: steps to ``L < 1e-3`` from ``θ₀``, and from
-        ``θ₀ = π/2 − δ`` for ``δ ∈ {1e-2, 1e-4, 1e-6}``. The toy is deterministic: one run,
-        standard deviation 0.
+        "steps_to_target_by_offset"}}``: ``steps_to_target`` from ``δ = 1e-2`` and
+        ``steps_to_target_by_offset`` = ``{"0.01": k, "0.0001": k, "1e-06": k}``;
+        ``final_loss`` after the last step from ``δ = 1e-2``. The toy is deterministic:
+        one run, standard deviation 0.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    steps = 300 if quick else 1500
-    runs = {g: simulate(g, theta0=theta0, lr=lr, steps=steps) for g in GRADIENTS}
-
-    with open(out / "toy.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["gradient", "step", "loss", "x", "y"])
-        for g, r in runs.items():
-            for k, (loss, (x, y)) in enumerate(zip(r["loss"], r["xy"])):
-                writer.writerow([g, k, f"{loss:.10g}", f"{x:.10g}", f"{y:.10g}"])
-    # escape time vs how close θ₀ starts to the maximum at π/2
-    offsets = (1e-2, 1e-4, 1e-6)
-    sweep = {g: {f"{o:g}": simulate(g, theta0=math.pi / 2 - o, lr=lr, steps=steps)["steps_to_target"]
-                 for o in offsets} for g in GRADIENTS}
-    summary = {g: {"final_loss": r["loss"][-1], "final_loss_std": 0.0, "seeds": [None],
-                   "steps_to_target": r["steps_to_target"],
-                   "steps_to_target_by_offset": sweep[g]} for g, r in runs.items()}
-    meta = {"theta0": theta0, "lr": lr, "steps": steps, "target_loss": TARGET_LOSS,
-            "offsets": list(offsets)}
-    with open(out / "toy.json", "w") as f:
-        json.dump({"config": meta, "results": summary}, f, indent=2)
+    steps = STEPS["quick" if quick else "full"]
+    runs = {(g, d): simulate(g, theta0=math.pi / 2 - d, lr=lr, steps=steps)
+            for g in GRADIENTS for d in OFFSETS}
+    rows = [["gradient", "delta", "step", "loss", "theta"]]
+    for (g, d), r in runs.items():
+        rows += [[g, f"{d:g}", k, f"{loss:.10g}", f"{th:.12g}"]
+                 for k, (loss, th) in enumerate(zip(r["loss"], r["theta"]))]
+    _io.write_csv(out / "toy.csv", rows)
+    first = OFFSETS[0]
+    summary = {g: {"final_loss": runs[g, first]["loss"][-1], "final_loss_std": 0.0,
+                   "seeds": [None], "steps_to_target": runs[g, first]["steps_to_target"],
+                   "steps_to_target_by_offset": {f"{d:g}": runs[g, d]["steps_to_target"]
+                                                 for d in OFFSETS}}
+               for g in GRADIENTS}
+    meta = {"lr": lr, "steps": steps, "target_loss": TARGET_LOSS, "offsets": list(OFFSETS),
+            "parametrisation": "theta"}
+    _io.write_json(out / "toy.json", {"config": meta, "results": summary})
     _plot(runs, out / "toy.png", meta)
     return summary
 
 
 def _plot(runs: dict, path: Path, meta: dict) -> None:
     plt = pyplot()
-    fig, (ax_l, ax_xy) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for g, r in runs.items():
-        label = f"{g} (L<1e-3 at step {r['steps_to_target']})"
-        ax_l.semilogy([max(v, 1e-16) for v in r["loss"]], color=COLORS[g], label=label)
-        xy = torch.tensor(r["xy"])
-        ax_xy.plot(xy[:, 0], xy[:, 1], ".-", ms=3, color=COLORS[g], label=g)
-    ax_l.axhline(meta["target_loss"], color="gray", lw=0.8, ls=":")
-    ax_l.set_xlabel("gradient step")
-    ax_l.set_ylabel("quantum loss  1 − |⟨v,w⟩|²")
-    ax_l.set_title(f"loss (η = {meta['lr']}, θ₀ = π/2 − {math.pi / 2 - meta['theta0']:.3g})")
-    ax_l.legend(fontsize=8)
-    circle = torch.linspace(0, math.pi / 2, 100)
-    ax_xy.plot(torch.cos(circle), torch.sin(circle), color="lightgray", lw=1)
-    ax_xy.plot([1], [0], "k*", ms=12, label="target w")
-    ax_xy.set_aspect("equal")
-    ax_xy.set_xlabel("x")
-    ax_xy.set_ylabel("y")
-    ax_xy.set_title("trajectories of v = (x, y)")
-    ax_xy.legend(fontsize=8)
+    offsets = meta["offsets"]
+    fig, axes = plt.subplots(1, len(offsets) + 1, figsize=(4 * (len(offsets) + 1), 3.8),
+                             gridspec_kw={"width_ratios": [1] * len(offsets) + [0.9]})
+    shown = max(r["steps_to_target"] or meta["steps"] for r in runs.values())
+    shown = min(meta["steps"], int(shown * 1.3) + 5)
+    for ax, d in zip(axes, offsets):
+        for g in GRADIENTS:
+            r = runs[g, d]
+            hit = r["steps_to_target"]
+            ax.semilogy(range(shown + 1), [max(v, 1e-16) for v in r["loss"][:shown + 1]],
+                        color=COLORS[g], label=f"{g}: L<1e-3 at step {hit}")
+        ax.axhline(meta["target_loss"], color="gray", lw=0.8, ls=":")
+        ax.set_title(f"θ₀ = π/2 − {d:g}")
+        ax.set_xlabel("gradient step")
+        ax.set_ylim(1e-6, 2)
+        ax.legend(fontsize=7, loc="lower left")
+    axes[0].set_ylabel("quantum loss  L = sin² θ")
+    ax = axes[-1]
+    arc = torch.linspace(0, math.pi / 2, 200)
+    ax.plot(torch.cos(arc), torch.sin(arc), color="lightgray", lw=1)
+    d = offsets[0]
+    for i, g in enumerate(GRADIENTS):
+        th = torch.tensor(runs[g, d]["theta"][:(runs[g, d]["steps_to_target"] or 60) + 1])
+        r = 1 - 0.04 * i  # radius offset so the three overlapping paths stay visible
+        ax.plot(r * torch.cos(th), r * torch.sin(th), ".-", ms=4, lw=0.6, color=COLORS[g],
+                label=f"{g} ({len(th) - 1} steps)")
+    ax.plot([1], [0], "k*", ms=12, label="target w")
+    ax.set_aspect("equal")
+    ax.set_xlim(-0.05, 1.1)
+    ax.set_ylim(-0.05, 1.1)
+    ax.set_title(f"v(θ_k) until L < 1e-3 (δ = {d:g})", fontsize=10)
+    ax.text(0.02, 0.02, "paths drawn at radii 1, 0.96, 0.92\nfor visibility; all lie on |v| = 1",
+            fontsize=6, transform=ax.transAxes)
+    ax.legend(fontsize=7, loc="center left")
+    fig.suptitle(f"Toy (eqs. 3–5): gradient descent on θ, η = {meta['lr']}", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _io.save_figure(fig, path)
     plt.close(fig)
