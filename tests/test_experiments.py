@@ -471,3 +471,10 @@ def test_exit_codes_as_a_process(tmp_path):
     r = run("control", "--optimizer", "sgd", "--seeds", "2", "--epochs", "1", "--out", out,
             "--resume")
     assert r.returncode == 3 and "seeds: 1 in the folder, 2 now" in r.stderr
+
+
+def test_docstring_examples_of_the_experiments():
+    import doctest
+
+    result = doctest.testmod(toy)
+    assert result.attempted > 0 and result.failed == 0

@@ -110,6 +110,7 @@ def summary(results: dict, path: Path) -> None:
     one row per setup and method, at epoch 10 and over the last quarter of the epochs:
     below 1 = better than standard."""
     plt = pyplot()
+    from matplotlib import ticker
     rows = []
     for key, methods in results.items():
         for m in ("modified", "l2"):
@@ -130,6 +131,8 @@ def summary(results: dict, path: Path) -> None:
             ax.plot(s["per_seed"], [i] * len(s["per_seed"]), "|", color="k", alpha=0.5, ms=8)
         ax.axvline(1, color="gray", lw=1, ls="--")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.grid(alpha=0.3, axis="x")
         ax.set_title("at epoch 10" if when == "10" else "last quarter of the epochs "
                      "(geometric mean)", fontsize=10)

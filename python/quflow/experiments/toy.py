@@ -52,7 +52,7 @@ def simulate(gradient: str, *, theta0: float = math.pi / 2 - 1e-2, lr: float = L
     Example:
         >>> r = simulate("modified", theta0=math.pi / 2 - 1e-2, steps=40)
         >>> r["steps_to_target"], round(r["theta"][1], 6)   # θ₁ = θ₀ − 2η·sin θ₀
-        (23, 1.360827)
+        (19, 1.360806)
     """
     w = torch.tensor([1.0, 0.0], dtype=torch.complex128)
     theta = torch.tensor(float(theta0), dtype=torch.float64)
