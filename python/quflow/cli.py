@@ -83,18 +83,20 @@ def _optimizer_list(text):
     return names
 
 
+_EXIT_CODES = ("exit codes: 0 done, 1 error, 2 bad command line, 3 --resume refused (another "
+               "configuration), 4 --resume refused (damaged checkpoint), 130 interrupted "
+               "(rerun with --resume)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quflow", description="quflow: learning through differentiable quantum simulation",
-        epilog="exit codes: 0 done, 1 error, 2 bad command line, 3 --resume refused (another "
-               "configuration), 4 --resume refused (damaged checkpoint), 130 interrupted")
+        epilog=_EXIT_CODES)
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser(
         "reproduce", help="rerun the experiments of Schnell & Thuerey (ICML 2023 workshop)",
         description="Rerun the paper's experiments; writes CSV, PNG and DIR/results.json.",
-        epilog="exit codes: 0 done, 1 error, 2 bad command line, 3 --resume refused (another "
-               "configuration), 4 --resume refused (damaged checkpoint), 130 interrupted "
-               "(rerun with --resume)")
+        epilog=_EXIT_CODES)
     rep.add_argument("experiment", nargs="?", default="all", choices=[*EXPERIMENT_NAMES, "all"],
                      help="which experiment (default: all)")
     speed = rep.add_mutually_exclusive_group()
@@ -232,8 +234,7 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
         name = s.experiment.name
         total[name] = total.get(name, 0) + s.epochs * s.seeds * 3
         prior[name] = s.experiment.seconds_per_epoch
-    bar = _training.Progress(total, prior, enabled=progress)
-    bar.runs_total = sum(s.seeds * 3 for s in trained)
+    bar = _training.Progress(total, prior, sum(s.seeds * 3 for s in trained), enabled=progress)
     for s in setups:
         start = time.perf_counter()
         if s == "toy":

@@ -105,22 +105,26 @@ def gradients(curves: dict, path: Path, *, title: str) -> None:
     plt.close(fig)
 
 
-def summary(results: dict, path: Path) -> None:
+def summary(results: dict, path: Path, epochs: tuple[int, ...] = (1, 10, 40)) -> None:
     """Loss ratio to the standard gradient (validation, paired by seed) with 95 % intervals,
-    one row per setup and method, at epoch 10 and over the last quarter of the epochs:
+    one row per setup and method, after ``epochs`` and over the last quarter of the epochs:
     below 1 = better than standard."""
     plt = pyplot()
     from matplotlib import ticker
+
     rows = []
     for key, methods in results.items():
         for m in ("modified", "l2"):
             r = methods.get(m, {}).get("ratio_to_standard", {}).get("val")
             if r:
                 rows.append((f"{key}: {m}", m, r))
+    whens = [str(e) for e in epochs if any(str(e) in r["at_epoch"] for _, _, r in rows)]
     if not rows:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.42 * len(rows) + 1.6), sharey=True)
-    for ax, when in zip(axes, ("10", "window")):
+    whens.append("window")
+    fig, axes = plt.subplots(1, len(whens), figsize=(3.3 * len(whens) + 1.5,
+                                                     0.42 * len(rows) + 1.6), sharey=True)
+    for ax, when in zip(axes, whens):
         for i, (label, m, r) in enumerate(reversed(rows)):
             s = r["window"] if when == "window" else r["at_epoch"].get(when)
             if s is None:
@@ -131,11 +135,14 @@ def summary(results: dict, path: Path) -> None:
             ax.plot(s["per_seed"], [i] * len(s["per_seed"]), "|", color="k", alpha=0.5, ms=8)
         ax.axvline(1, color="gray", lw=1, ls="--")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.FixedLocator(
+            [0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 100, 300, 1000]))
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.tick_params(axis="x", labelsize=7)
         ax.grid(alpha=0.3, axis="x")
-        ax.set_title("at epoch 10" if when == "10" else "last quarter of the epochs "
-                     "(geometric mean)", fontsize=10)
+        ax.set_title("last quarter of the epochs" if when == "window" else f"after epoch {when}",
+                     fontsize=10)
     axes[0].set_yticks(range(len(rows)))
     axes[0].set_yticklabels([label for label, _, _ in reversed(rows)], fontsize=8)
     fig.supxlabel("validation loss ratio to standard, paired by seed: < 1 = better than "

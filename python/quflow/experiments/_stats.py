@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 
-FIXED_EPOCHS = (10, 20, 40, 80, 150)
+FIXED_EPOCHS = (1, 10, 20, 40, 80, 150)
 _FLOOR = 1e-16  # a loss of exactly 0 (perfect fit to round-off) still has a logarithm
 
 

@@ -13,7 +13,6 @@ the gradients, which equals one process on the same data and seed.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from pathlib import Path
@@ -315,12 +314,12 @@ class Setup:
             _io.write_json(out / "checkpoints" / f"{self.key}.json", self.manifest())
         curves = {m: [] for m in GRADIENTS}
         for cfg in self.configs():
-            label = f"{self.key} {cfg.method} seed {cfg.seed}"
-            with progress.run(label, e.name, cfg.epochs) as on_epoch:
-                curves[cfg.method].append(train(
-                    cfg, lambda: mlp(e.inputs, e.outputs, e.hidden), e.batch_loss, train_set,
-                    val_set, self.checkpoint(out, cfg), resume, probe=probe,
-                    on_epoch=on_epoch))
+            on_epoch = progress.start(f"{self.key} {cfg.method} seed {cfg.seed}", e.name,
+                                      cfg.epochs)
+            curves[cfg.method].append(train(
+                cfg, lambda: mlp(e.inputs, e.outputs, e.hidden), e.batch_loss, train_set,
+                val_set, self.checkpoint(out, cfg), resume, probe=probe, on_epoch=on_epoch))
+            progress.done(curves[cfg.method][-1])
         results = _stats.summarise(curves, list(range(self.seeds)), epochs=self.epochs,
                                    setup=self.settings)
         if rank == 0:
@@ -364,72 +363,61 @@ def plan(experiment: Experiment, *, quick: bool, optimizers: tuple[str, ...],
 
 
 class Progress:
-    """Run-level progress: ``[k/N] label … elapsed, ETA`` lines, and on a terminal a
-    per-epoch bar (tqdm) that leaves no carriage-return trail in a log file."""
+    """Run-level progress: ``[k/N] label: train …, val … | elapsed, ETA`` after each run,
+    and on a terminal a per-epoch bar (tqdm) that leaves no carriage-return trail in a log
+    file. One run at a time: :meth:`start` it, then :meth:`done` with its curves."""
 
-    def __init__(self, total_epochs: dict[str, int], prior: dict[str, float], *,
+    def __init__(self, total_epochs: dict[str, int], prior: dict[str, float], runs: int, *,
                  enabled: bool = True, stream=None) -> None:
         self.stream = stream or sys.stdout
         self.enabled = enabled and world()[0] == 0
         self.tty = self.enabled and self.stream.isatty()
         self.remaining = dict(total_epochs)  # experiment -> epochs still to run
-        self.runs_total = None
-        self.runs_done = 0
-        self.prior = dict(prior)
+        self.prior = dict(prior)  # experiment -> seconds per epoch before any is measured
         self.spent = {k: [0.0, 0] for k in prior}  # experiment -> [seconds, epochs]
+        self.runs, self.runs_done = runs, 0
         self.t0 = time.perf_counter()
+        self._run = None
 
     def _eta(self) -> float:
-        eta = 0.0
-        for name, left in self.remaining.items():
-            secs, eps = self.spent[name]
-            eta += left * (secs / eps if eps else self.prior[name])
-        return eta
+        return sum(left * (secs / eps if eps else self.prior[name])
+                   for name, left in self.remaining.items()
+                   for secs, eps in [self.spent[name]])
 
-    def run(self, label: str, experiment: str, epochs: int):
-        progress = self
+    def start(self, label: str, experiment: str, epochs: int) -> Callable[[int, float, float], None]:
+        """Begins a run; returns the per-epoch callback for :func:`train`."""
+        run = {"label": label, "experiment": experiment, "epochs": epochs, "trained": 0,
+               "t": time.perf_counter(), "bar": None}
+        if self.tty:
+            from tqdm import tqdm
 
-        class _Run:
-            def __enter__(self):
-                self.t = time.perf_counter()
-                self.calls = 0
-                self.bar = None
-                if progress.tty:
-                    from tqdm import tqdm
+            run["bar"] = tqdm(total=epochs, leave=False, dynamic_ncols=True, desc=label,
+                              file=self.stream)
+        self._run = run
 
-                    self.bar = tqdm(total=epochs, leave=False, dynamic_ncols=True,
-                                    desc=label, file=progress.stream)
-                return self.on_epoch
+        def on_epoch(epoch: int, tr: float, va: float) -> None:
+            now = time.perf_counter()
+            self.spent[experiment][0] += now - run["t"]
+            self.spent[experiment][1] += 1
+            run["t"] = now
+            run["trained"] += 1
+            if run["bar"] is not None:
+                run["bar"].n = epoch
+                run["bar"].set_postfix(train=f"{tr:.3g}", val=f"{va:.3g}")
+        return on_epoch
 
-            def on_epoch(self, epoch, tr, va):
-                now = time.perf_counter()
-                progress.spent[experiment][0] += now - self.t
-                progress.spent[experiment][1] += 1
-                progress.remaining[experiment] -= 1
-                self.t = now
-                self.calls += 1
-                self.last = (tr, va)
-                if self.bar is not None:
-                    self.bar.n = epoch
-                    self.bar.set_postfix(train=f"{tr:.3g}", val=f"{va:.3g}")
-
-            def __exit__(self, exc_type, *exc):
-                if self.bar is not None:
-                    self.bar.close()
-                if exc_type is None:
-                    # epochs that a resumed run did not have to train count as done
-                    progress.remaining[experiment] -= epochs - self.calls
-                    progress.runs_done += 1
-                    if progress.enabled:
-                        tr, va = getattr(self, "last", (math.nan, math.nan))
-                        total = progress.runs_total or progress.runs_done
-                        print(f"   [{progress.runs_done}/{total}] {label}: train "
-                              f"{tr:.3g}, val {va:.3g} | elapsed "
-                              f"{_clock(time.perf_counter() - progress.t0)}, ETA "
-                              f"{_clock(progress._eta())}", file=progress.stream, flush=True)
-                return False
-
-        return _Run()
+    def done(self, curves: dict) -> None:
+        """Ends the run started last (epochs a resumed run skipped count as done)."""
+        run, self._run = self._run, None
+        if run["bar"] is not None:
+            run["bar"].close()
+        self.remaining[run["experiment"]] -= run["epochs"]
+        self.runs_done += 1
+        if self.enabled:
+            print(f"   [{self.runs_done}/{self.runs}] {run['label']}: train "
+                  f"{curves['train'][-1]:.3g}, val {curves['val'][-1]:.3g} | elapsed "
+                  f"{_clock(time.perf_counter() - self.t0)}, ETA {_clock(self._eta())}",
+                  file=self.stream, flush=True)
 
 
 def _clock(seconds: float) -> str:

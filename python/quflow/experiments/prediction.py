@@ -44,4 +44,4 @@ EXPERIMENT = _training.Experiment(
     "prediction", make_data, batch_loss, n=N, inputs=2 * N, outputs=2 * N, hidden=HIDDEN,
     lr={"adam": 0.005, "sgd": 0.5}, batch_size=200, epochs={"quick": 15, "full": 150},
     seeds={"quick": 3, "full": 5}, states=(1, 2, 3, 4, 5), real_states=False, target=None,
-    probe=200, seconds_per_epoch=0.45)
+    probe=200, seconds_per_epoch=0.25)

@@ -23,6 +23,7 @@ CLAIMS = {
     "control": ("control", "modified best, L2 worst: mod < std < L2",
                 [("modified", "standard"), ("standard", "l2")]),
 }
+EPOCHS_SHOWN = (1, 10, 40)
 NAMES = {"standard": "std", "modified": "mod", "l2": "L2"}
 
 
@@ -77,9 +78,10 @@ def render(results: dict, split: str = "val") -> str:
                 continue
             first = methods["standard"]
             stats = {m: methods[m][split] for m in methods}
-            whens = [("epoch 10", lambda s: s["at_epoch"].get("10"))] if \
-                "10" in first[split]["at_epoch"] and first["epochs"] > 10 else []
             a, b = first[split]["window"]["epochs"]
+            # early and middle of training (before the window), then the window
+            whens = [(f"epoch {e}", lambda s, e=e: s["at_epoch"][str(e)])
+                     for e in EPOCHS_SHOWN if e < a and str(e) in first[split]["at_epoch"]]
             whens.append((f"epoch {b}" if a == b else f"epochs {a}–{b}", lambda s: s["window"]))
             for when, pick in whens:
                 cells, judgements = [], []
