@@ -267,7 +267,7 @@ def test_header_and_summary_say_what_ran(tmp_path, capsys):
                      "1", "--states", "1,2", "--complex-states", "--target", "4", "--out",
                      str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "quflow reproduce control (quick): control-sgd; 1 thread(s)" in out
+    assert "quflow reproduce control (quick, --epochs 1, --seeds 1): control-sgd; 1 thread(s)" in out
     assert "control-sgd: sgd lr 1, 1 epochs × 1 seeds × 3 gradients, complex mixes of φ1,φ2 → φ4" in out
     assert "[3/3] control-sgd l2 seed 0" in out and "ETA" in out
     assert "| control-sgd | modified |" in out

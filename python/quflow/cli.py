@@ -292,8 +292,11 @@ def _reproduce_main(args, parser) -> int:
     out = _writable_dir(Path(args.out), parser) if rank == 0 else Path(args.out)
     if args.progress and rank == 0:
         what = ", ".join(s if s == "toy" else s.key for s in setups)
-        print(f"quflow reproduce {args.experiment} ({'quick' if args.quick else 'full'}): "
-              f"{what}; {args.threads} thread(s) per process -> {out}", flush=True)
+        mode = ("quick" if args.quick else "full") + "".join(
+            f", --{name} {value}" for name, value in (("epochs", args.epochs),
+                                                     ("seeds", args.seeds)) if value)
+        print(f"quflow reproduce {args.experiment} ({mode}): {what}; {args.threads} "
+              f"thread(s) per process -> {out}", flush=True)
     try:
         results = reproduce(setups, out, quick=args.quick, resume=args.resume,
                             progress=args.progress)
