@@ -384,6 +384,12 @@ class Block {
   static constexpr std::complex<T> zeros_[1] = {};
 };
 
+/// True once another thread has asked every block to stop (an error or a cancelled call).
+template <class T>
+bool stopped(const KernelShared<T>& sh) {
+  return __atomic_load_n(sh.stop, __ATOMIC_RELAXED) != 0;
+}
+
 }  // namespace
 
 template <class T, int W>
@@ -396,6 +402,7 @@ void forward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0,
   blk.load(B::Buf::P, psi0, n, 0);
   if (trajectory) blk.store(B::Buf::P, out, stride, 0);
   for (Index k = 0; k < steps; ++k) {
+    if (stopped(sh)) return;
     if (sh.constant) {
       blk.template forward_step<true>();
     } else {
@@ -425,6 +432,7 @@ void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
   blk.load(B::Buf::P, states, sstride, states_full ? steps * n : 0);
   blk.load(B::Buf::G, grad_out, gstride, grad_full ? steps * n : 0);
   for (Index k = steps - 1; k >= 0; --k) {  // adjoint sweep k = T−1 … 0
+    if (stopped(sh)) return;
     V du = {};
     blk.set_control(k);
     if (states_full) {

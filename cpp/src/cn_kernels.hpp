@@ -23,6 +23,7 @@ struct KernelShared {
   const T* shape = nullptr;   // (n) control shape, zeros without control
   const T* cinv_r = nullptr;  // (n) pivots 1/w_j of I + i·h·H for a constant H
   const T* cinv_i = nullptr;
+  const int* stop = nullptr;  // non-zero: abandon the call (read between steps, atomically)
 };
 
 /// One thread's workspace for blocks of W lanes (plain view).

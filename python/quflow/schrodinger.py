@@ -12,6 +12,7 @@ from . import _checks, _core
 __all__ = ["crank_nicolson"]
 
 _ADJOINT_MODES = ("reverse", "store")
+_MAX_STEPS = 2**63 - 2  # steps + 1 states must still be counted in 64 bits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,8 @@ class _CrankNicolson(torch.autograd.Function):
         result, states = output
         ctx.cfg = cfg
         ctx.mark_non_differentiable(states)
+        # no zero cotangent the size of the stored states for the non-differentiable output
+        ctx.set_materialize_grads(False)
         kept = result if (cfg.trajectory or not cfg.store) else states
         ctx.save_for_backward(kept, potential, control, control_shape)
 
@@ -63,6 +66,8 @@ class _CrankNicolson(torch.autograd.Function):
         states, potential, control, control_shape = ctx.saved_tensors
         cfg: _Config = ctx.cfg
         need = ctx.needs_input_grad
+        if grad_result is None:  # the result was not used: no gradient flows
+            return None, None, None, None, None
         _, backward = _kernels(states.dtype)
         a = _checks.as_core_array
         grads = backward(a(states), a(grad_result), a(potential), a(control), a(control_shape),
@@ -179,6 +184,8 @@ def crank_nicolson(
         if steps is None:
             raise ValueError("steps: required when no control is given")
         steps = _checks.count("steps", steps)
+        if steps > _MAX_STEPS:
+            raise ValueError(f"steps: expected at most {_MAX_STEPS} (a 64-bit count), got {steps}")
     else:
         control = _checks.real_tensor("control", control, real, (1, 2))
         if control_shape is None:
@@ -188,6 +195,9 @@ def crank_nicolson(
             raise ValueError(f"control_shape: has {control_shape.shape[0]} grid points, "
                              f"psi0 has {n}")
         length = control.shape[-1]
+        if length == 0:
+            raise ValueError(f"control: has no time steps (shape {tuple(control.shape)}); "
+                             f"for no propagation pass steps=0 without a control")
         if steps is not None and _checks.count("steps", steps) != length:
             raise ValueError(f"steps: {steps} differs from the control's length {length}")
         steps = length

@@ -7,8 +7,12 @@
 // Arrays are row-major, C-contiguous, complex interleaved (std::complex<T>).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <complex>
 #include <cstddef>
+#include <functional>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -24,6 +28,37 @@ using Index = std::ptrdiff_t;
   do {                                                                               \
     if (!(cond)) throw std::invalid_argument(std::string("quflow core: ") + (msg)); \
   } while (0)
+
+/// Thrown by cn_forward/cn_backward when their poll callback asks them to stop; the
+/// outputs are then incomplete and must be discarded (the inputs are untouched).
+struct Cancelled : std::runtime_error {
+  Cancelled() : std::runtime_error("quflow: the call was cancelled") {}
+};
+
+/// Asked every few milliseconds, from the calling thread, while a long call runs on worker
+/// threads; returning true cancels the call (see Cancelled). Empty: never asked.
+using Poll = std::function<bool()>;
+
+/// Largest value the kernels accept for each of (h·e)² + h·max|d| and max|d|, where
+/// h = dt/2, e = 1/dx² and d_j = 2e + V_j + u_k·W_j is the diagonal of H_k:
+/// 2^(max_exponent/2 − 4), i.e. 2^508 ≈ 8.4e152 in double and 2^60 ≈ 1.2e18 in float.
+/// The Thomas pivots obey |w_j| ≤ 1 + h·|d_j| + (h·e)² (their real parts are ≥ 1) and
+/// |w_j|² must stay finite; beyond this range they overflow and the step returns a zero or
+/// NaN state instead of a unitary one.
+template <class T>
+double pivot_limit() {
+  return std::ldexp(1.0, std::numeric_limits<T>::max_exponent / 2 - 4);
+}
+
+/// True when batch · rows · n elements of `bytes` bytes each fit in a ptrdiff_t.
+inline bool size_fits(std::ptrdiff_t batch, std::ptrdiff_t rows, std::ptrdiff_t n,
+                      std::size_t bytes) {
+  std::ptrdiff_t count = 0, total = 0;
+  return batch >= 0 && rows >= 0 && n >= 0 &&
+         !__builtin_mul_overflow(batch, rows, &count) &&
+         !__builtin_mul_overflow(count, n, &count) &&
+         !__builtin_mul_overflow(count, static_cast<std::ptrdiff_t>(bytes), &total);
+}
 
 template <class T>
 using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -69,6 +104,48 @@ struct System {
       QUFLOW_CHECK(control != nullptr || steps == 0, "control is null");
       QUFLOW_CHECK(control_shape != nullptr, "control_shape is null while control is given");
     }
+    const std::string range = range_error();
+    QUFLOW_CHECK(range.empty(), range);
+  }
+
+  /// Empty when dt, dx, the potential and the control are inside the range the kernels
+  /// represent (see pivot_limit), else a message naming the argument that leaves it.
+  /// Computed in double, in an order that cannot overflow before the comparison.
+  std::string range_error() const {
+    auto max_abs = [](const T* p, Index size) {
+      double m = 0;
+      for (Index i = 0; i < size; ++i) m = std::max(m, std::abs(double(p[i])));
+      return m;
+    };
+    const double h = double(dt) / 2, he = h / double(dx) / double(dx);
+    const double v = max_abs(potential, potential_rows * n);
+    const double u = control_rows > 0 ? max_abs(control, control_rows * steps) : 0.0;
+    const double w = control_rows > 0 ? max_abs(control_shape, n) : 0.0;
+    const double e2 = 2 / double(dx) / double(dx);  // the Laplacian's diagonal 2e
+    const double limit = pivot_limit<T>();
+    const double lap = he * he + 2 * he, pot = h * v, ctl = h * u * w;
+    auto fmt = [](double x) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.3g", x);
+      return std::string(buf);
+    };
+    const std::string where = std::string(" exceeds ") + fmt(limit) + ", the limit in " +
+                              (sizeof(T) == 4 ? "float32" : "float64") +
+                              " (the Crank–Nicolson pivots would overflow)";
+    if (1 + lap + pot + ctl > limit) {  // the pivots h·d_j and (h·e)²
+      if (lap >= pot && lap >= ctl)
+        return "dt, dx: (dt/(2·dx²))² + dt/dx² = " + fmt(lap) + where +
+               "; use a larger dx or a smaller dt";
+      if (pot >= ctl)
+        return "potential: dt/2·max|V| = " + fmt(pot) + " (max|V| = " + fmt(v) + ")" + where;
+      return "control: dt/2·max|u|·max|control_shape| = " + fmt(ctl) + where;
+    }
+    if (e2 + v + u * w > limit) {  // the diagonal d_j itself
+      if (e2 >= v && e2 >= u * w) return "dx: 2/dx² = " + fmt(e2) + where;
+      if (v >= u * w) return "potential: max|V| = " + fmt(v) + where;
+      return "control: max|u|·max|control_shape| = " + fmt(u * w) + where;
+    }
+    return {};
   }
 };
 
@@ -86,9 +163,12 @@ struct Gradients {
 /// Forward propagation.
 ///   psi0 (batch, n). out: (batch, n) final states, or (batch, steps+1, n) when trajectory.
 /// The step is unitary: ‖ψ_k‖ is conserved to round-off.
+/// Long calls run on worker threads while the calling thread asks `poll` every few
+/// milliseconds; it throws Cancelled when poll returns true. If a worker thread cannot be
+/// started, the started ones are stopped and joined and std::runtime_error is thrown.
 template <class T>
 void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<T>* out,
-                bool trajectory, int threads);
+                bool trajectory, int threads, const Poll& poll = {});
 
 /// Adjoint (reverse-mode) sweep, k = steps−1 … 0.
 ///   states: (batch, steps+1, n) stored states when states_full, else the final states
@@ -100,7 +180,7 @@ void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<
 template <class T>
 void cn_backward(const System<T>& sys, const std::complex<T>* states, bool states_full,
                  const std::complex<T>* grad_out, bool grad_full, const Gradients<T>& grads,
-                 int threads);
+                 int threads, const Poll& poll = {});
 
 /// Name of the instruction-set variant the kernels dispatch to on this CPU ("avx2" or "baseline").
 const char* kernel_isa();
