@@ -267,6 +267,7 @@ def test_empty_batch(reduction):
         assert out.shape == ((0,) if reduction == "none" else ()) and torch.isfinite(out).all()
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.complex32])
 def test_unsupported_precisions_are_type_errors(dtype):
     with pytest.raises(TypeError, match="pred: expected"):
@@ -275,6 +276,7 @@ def test_unsupported_precisions_are_type_errors(dtype):
         quflow.fidelity_loss(torch.ones(4), torch.ones(2, 4).to(dtype))
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # nested tensors are a prototype
 def test_nested_tensors_are_type_errors():
     nested = torch.nested.nested_tensor([torch.ones(4), torch.ones(4)])
     with pytest.raises(TypeError, match="pred: expected a dense"):
