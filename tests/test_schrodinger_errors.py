@@ -169,3 +169,16 @@ def test_unaligned_tensors_are_copied_not_refused():
     out = quflow.crank_nicolson(odd, dt=0.1, dx=0.2, steps=4)
     torch.testing.assert_close(out, quflow.crank_nicolson(psi, dt=0.1, dx=0.2, steps=4),
                                atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cdtype,scale", [(torch.complex64, 1e37), (torch.complex128, 1e307)])
+def test_states_and_cotangents_too_large_for_a_step_are_value_errors(cdtype, scale):
+    """A step forms (I − i·dt/2·H)ψ; for a state near the largest float it would overflow."""
+    grid = quflow.Grid(N)
+    psi = quflow.random_states(grid, 3, seed=0, dtype=cdtype)
+    V = torch.zeros(N, dtype=psi.real.dtype, requires_grad=True)
+    with pytest.raises(ValueError, match="psi0: a component of size .* exceeds .* rescale"):
+        quflow.crank_nicolson(psi * scale, V, dt=0.1, dx=grid.dx, steps=4)
+    out = quflow.crank_nicolson(psi, V, dt=0.1, dx=grid.dx, steps=4)
+    with pytest.raises(ValueError, match="grad_out: a component of size .* exceeds"):
+        torch.autograd.grad(out, V, torch.full_like(out, scale))

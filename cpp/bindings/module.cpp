@@ -9,7 +9,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <optional>
 #include <string>
@@ -77,6 +79,24 @@ void require_finite(const std::complex<T>* p, py::ssize_t size, const char* name
   require_finite(reinterpret_cast<const T*>(p), 2 * size, name);
 }
 
+/// A state (or cotangent) must leave the step's intermediate (I ∓ i·dt/2·H)ψ finite.
+template <class T>
+void require_modest(const CArray<T>& a, const quflow::System<T>& sys, const char* name) {
+  const T* p = reinterpret_cast<const T*>(a.data());
+  double m = 0;
+  for (py::ssize_t i = 0; i < 2 * a.size(); ++i) m = std::max(m, std::abs(double(p[i])));
+  const double limit = sys.max_state() / std::sqrt(2.0);
+  if (m > limit) {
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "%s: a component of size %.3g exceeds %.3g, the limit in %s for these dt, "
+                  "dx, V and u (a step forms (I - i*dt/2*H)psi, which would overflow); the "
+                  "propagation is linear: rescale it",
+                  name, m, limit, sizeof(T) == 4 ? "float32" : "float64");
+    fail(buf);
+  }
+}
+
 /// Builds and validates the core's System view from the binding's arguments.
 template <class T>
 quflow::System<T> make_system(py::ssize_t batch, py::ssize_t n, const RArray<T>& potential,
@@ -139,6 +159,7 @@ py::array forward(const CArray<T>& psi0, const RArray<T>& potential,
     fail("steps: a trajectory of " + std::to_string(steps) + " + 1 states of (batch, n) = (" +
          std::to_string(batch) + ", " + std::to_string(n) + ") overflows a 64-bit size");
   require_finite(psi0.data(), psi0.size(), "psi0");
+  require_modest(psi0, sys, "psi0");
   CArray<T> out = trajectory ? CArray<T>({batch, steps + 1, n}) : CArray<T>({batch, n});
   std::complex<T>* dst = out.mutable_data();
   run_released([&](const quflow::Poll& poll) {
@@ -170,6 +191,7 @@ py::tuple backward(const CArray<T>& states, const CArray<T>& grad_out,
     fail("grad_out: a trajectory cotangent needs the stored trajectory as states");
   if ((need_control || need_control_shape) && !control)
     fail("need_control: no control was given");
+  require_modest(grad_out, sys, "grad_out");
 
   std::optional<CArray<T>> g_psi;
   std::optional<RArray<T>> g_v, g_u, g_w;

@@ -210,6 +210,15 @@ int thread_count(Index blocks, int threads) {
   return static_cast<int>(std::max<Index>(1, std::min<Index>(threads, blocks)));
 }
 
+/// max_j |z_j| of `size` complex numbers (each |z| bounded by its larger component × √2).
+template <class T>
+double max_modulus(const std::complex<T>* z, Index size) {
+  double m = 0;
+  for (Index i = 0; i < size; ++i)
+    m = std::max({m, std::abs(double(z[i].real())), std::abs(double(z[i].imag()))});
+  return m * std::sqrt(2.0);
+}
+
 /// The poll to watch a call with, or null when the call is too short to need one.
 template <class T>
 const Poll* watch(const System<T>& sys, const Poll& poll) {
@@ -287,6 +296,8 @@ void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<
   sys.check();
   QUFLOW_CHECK(psi0 != nullptr && out != nullptr, "psi0 and out must not be null");
   QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
+  QUFLOW_CHECK(max_modulus(psi0, sys.batch * sys.n) <= sys.max_state(),
+               "psi0: too large; the step would overflow");
   QUFLOW_CHECK(!trajectory || (sys.steps < std::numeric_limits<Index>::max() &&
                                size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*out))),
                "the trajectory's size overflows");
@@ -309,6 +320,9 @@ void cn_backward(const System<T>& sys, const std::complex<T>* states, bool state
   QUFLOW_CHECK(!states_full || (sys.steps < std::numeric_limits<Index>::max() &&
                                 size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*states))),
                "the trajectory's size overflows");
+  QUFLOW_CHECK(max_modulus(grad_out, sys.batch * sys.n * (grad_full ? sys.steps + 1 : 1)) <=
+                   sys.max_state(),
+               "grad_out: too large; the adjoint step would overflow");
   // the adjoint of a constant H is faster with one register per point
   with_lanes<T>(sys.batch, !sys.constant_hamiltonian(), [&](auto w) {
     backward_w<T, decltype(w)::value>(sys, states, states_full, grad_out, grad_full, grads,

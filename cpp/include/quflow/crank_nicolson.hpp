@@ -108,15 +108,29 @@ struct System {
     QUFLOW_CHECK(range.empty(), range);
   }
 
+  /// Largest max|ψ_j| of a state (initial state or cotangent) the kernels accept: a step
+  /// forms (I ∓ i·h·H)ψ, up to (1 + h·max|d| + 2h·e) times larger than ψ, and ψ's norm (up
+  /// to √n·max|ψ_j|) must leave that finite, with a margin of 16.
+  double max_state() const {
+    const double h = double(dt) / 2, he = h / double(dx) / double(dx);
+    const double hd = 2 * he + h * max_abs(potential, potential_rows * n) +
+                      (control_rows > 0 ? h * max_abs(control, control_rows * steps) *
+                                              max_abs(control_shape, n)
+                                        : 0.0);
+    return double(std::numeric_limits<T>::max()) / 16 / (1 + hd + 2 * he) /
+           std::sqrt(double(n));
+  }
+
+  static double max_abs(const T* p, Index size) {
+    double m = 0;
+    for (Index i = 0; i < size; ++i) m = std::max(m, std::abs(double(p[i])));
+    return m;
+  }
+
   /// Empty when dt, dx, the potential and the control are inside the range the kernels
   /// represent (see pivot_limit), else a message naming the argument that leaves it.
   /// Computed in double, in an order that cannot overflow before the comparison.
   std::string range_error() const {
-    auto max_abs = [](const T* p, Index size) {
-      double m = 0;
-      for (Index i = 0; i < size; ++i) m = std::max(m, std::abs(double(p[i])));
-      return m;
-    };
     const double h = double(dt) / 2, he = h / double(dx) / double(dx);
     const double v = max_abs(potential, potential_rows * n);
     const double u = control_rows > 0 ? max_abs(control, control_rows * steps) : 0.0;
