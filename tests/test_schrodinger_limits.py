@@ -140,3 +140,25 @@ def test_tiny_steps_and_wide_grids_are_fine():
         ref = dense_crank_nicolson(psi, torch.zeros(6, dtype=torch.float64), dt, dx, 5) \
             if dx < 1e100 else psi
         torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_long_calls_run_on_watched_workers_with_the_same_results(threads):
+    """Calls above ~2M point-steps run on worker threads while the caller polls for
+    signals; they agree with short (unwatched) calls on the same states."""
+    grid = quflow.Grid(64, 2.0)
+    psi = quflow.random_states(grid, 40, seed=3)
+    u = torch.randn(40, 1000, dtype=torch.float64, requires_grad=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = quflow.crank_nicolson(psi, dt=0.2, dx=grid.dx, control=u, control_shape=grid.x)
+        (g,) = torch.autograd.grad(out.abs().pow(2).mul(grid.x).sum(), u)
+    finally:
+        torch.set_num_threads(before)
+    for b in (0, 17, 39):  # one state each: 64k point-steps, run inline
+        one = quflow.crank_nicolson(psi[b:b + 1], dt=0.2, dx=grid.dx, control=u[b:b + 1],
+                                    control_shape=grid.x)
+        (g1,) = torch.autograd.grad(one.abs().pow(2).mul(grid.x).sum(), u)
+        torch.testing.assert_close(one[0], out[b], atol=1e-12, rtol=0)
+        torch.testing.assert_close(g1[b], g[b], atol=1e-10, rtol=0)
