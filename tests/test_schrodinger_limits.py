@@ -120,6 +120,9 @@ def test_store_mode_keeps_one_copy_of_the_states():
 @pytest.mark.parametrize("cdtype,dx,vmax", [
     (torch.complex128, 1e-37, 1e150), (torch.complex64, 1e-4, 1e17),
     (torch.complex128, 1e-3, 1e100), (torch.complex64, 3e-5, 1e16),
+    # pivots formed scaled (dt/(2dx²) up to 1e17 in float, 1e150 in double)
+    (torch.complex64, 1e-8, 1e20), (torch.complex64, 6e-10, 0.0),
+    (torch.complex128, 3e-77, 1e100), (torch.complex128, 1e-60, 1e160),
 ])
 def test_inputs_inside_the_range_give_unitary_steps(cdtype, dx, vmax):
     """Near the documented limits the result is finite and the norm is kept."""
@@ -161,3 +164,25 @@ def test_long_calls_run_on_watched_workers_with_the_same_results(threads):
         (g1,) = torch.autograd.grad(one.abs().pow(2).mul(grid.x).sum(), u)
         torch.testing.assert_close(one[0], out[b], atol=1e-12, rtol=0)
         torch.testing.assert_close(g1[b], g[b], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("cdtype,dx", [(torch.complex64, 1e-6), (torch.complex128, 1e-40)])
+def test_scaled_pivots_match_the_dense_reference(cdtype, dx):
+    """dt/(2·dx²) beyond the unscaled range (1e11 in float, 1e78 in double): the pivots are
+    formed scaled; values and gradients still equal the dense float64 reference."""
+    n, dt, steps = 6, 0.2, 4
+    gen = torch.Generator().manual_seed(5)
+    real = REAL[cdtype]
+    psi = quflow.random_states(quflow.Grid(n), 3, generator=gen, dtype=cdtype)
+    u = torch.randn(3, steps, dtype=torch.float64, generator=gen).to(real).requires_grad_()
+    W = torch.linspace(0, 1, n, dtype=torch.float64).to(real)
+    out = quflow.crank_nicolson(psi, dt=dt, dx=dx, control=u, control_shape=W)
+    ref_u = u.detach().double().requires_grad_()
+    ref = dense_crank_nicolson(psi.to(torch.complex128), torch.zeros(n, dtype=torch.float64),
+                               dt, dx, steps, ref_u, W.double())
+    tol = 1e-4 if cdtype == torch.complex64 else 1e-12
+    torch.testing.assert_close(out.to(torch.complex128), ref, atol=tol, rtol=0)
+    (g,) = torch.autograd.grad(out.abs().pow(2).mul(W).sum(), u)
+    (g_ref,) = torch.autograd.grad(ref.abs().pow(2).mul(W.double()).sum(), ref_u)
+    torch.testing.assert_close(g.double(), g_ref, atol=tol * max(1.0, g_ref.abs().max().item()),
+                               rtol=0)

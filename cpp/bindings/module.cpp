@@ -81,11 +81,12 @@ void require_finite(const std::complex<T>* p, py::ssize_t size, const char* name
 
 /// A state (or cotangent) must leave the step's intermediate (I ∓ i·dt/2·H)ψ finite.
 template <class T>
-void require_modest(const CArray<T>& a, const quflow::System<T>& sys, const char* name) {
+void require_modest(const CArray<T>& a, const quflow::System<T>& sys,
+                    const typename quflow::System<T>::Bounds& bounds, const char* name) {
   const T* p = reinterpret_cast<const T*>(a.data());
   double m = 0;
   for (py::ssize_t i = 0; i < 2 * a.size(); ++i) m = std::max(m, std::abs(double(p[i])));
-  const double limit = sys.max_state() / std::sqrt(2.0);
+  const double limit = sys.max_state(bounds) / std::sqrt(2.0);
   if (m > limit) {
     char buf[320];
     std::snprintf(buf, sizeof buf,
@@ -102,7 +103,8 @@ template <class T>
 quflow::System<T> make_system(py::ssize_t batch, py::ssize_t n, const RArray<T>& potential,
                                const std::optional<RArray<T>>& control,
                                const std::optional<RArray<T>>& control_shape, double dt,
-                               double dx, py::ssize_t steps) {
+                               double dx, py::ssize_t steps,
+                               typename quflow::System<T>::Bounds& bounds) {
   if (!(std::isfinite(dt) && dt > 0)) fail("dt: expected a finite number > 0");
   if (!(std::isfinite(dx) && dx > 0)) fail("dx: expected a finite number > 0");
   if (steps < 0) fail("steps: expected >= 0");
@@ -139,7 +141,8 @@ quflow::System<T> make_system(py::ssize_t batch, py::ssize_t n, const RArray<T>&
   }
   if (!(std::isfinite(sys.dt) && sys.dt > 0 && std::isfinite(sys.dx) && sys.dx > 0))
     fail("dt, dx: not representable in this precision");
-  const std::string range = sys.range_error();
+  bounds = sys.bounds();
+  const std::string range = sys.range_error(bounds);
   if (!range.empty()) fail(range);
   return sys;
 }
@@ -153,13 +156,15 @@ py::array forward(const CArray<T>& psi0, const RArray<T>& potential,
   require_ndim(psi0, "psi0", 2, 2);
   require_aligned(psi0, "psi0");
   const py::ssize_t batch = psi0.shape(0), n = psi0.shape(1);
-  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
+  typename quflow::System<T>::Bounds bounds;
+  const auto sys =
+      make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps, bounds);
   if (trajectory && (steps == std::numeric_limits<py::ssize_t>::max() ||
                      !quflow::size_fits(batch, steps + 1, n, sizeof(std::complex<T>))))
     fail("steps: a trajectory of " + std::to_string(steps) + " + 1 states of (batch, n) = (" +
          std::to_string(batch) + ", " + std::to_string(n) + ") overflows a 64-bit size");
   require_finite(psi0.data(), psi0.size(), "psi0");
-  require_modest(psi0, sys, "psi0");
+  require_modest(psi0, sys, bounds, "psi0");
   CArray<T> out = trajectory ? CArray<T>({batch, steps + 1, n}) : CArray<T>({batch, n});
   std::complex<T>* dst = out.mutable_data();
   run_released([&](const quflow::Poll& poll) {
@@ -180,7 +185,9 @@ py::tuple backward(const CArray<T>& states, const CArray<T>& grad_out,
   require_aligned(states, "states");
   require_aligned(grad_out, "grad_out");
   const py::ssize_t batch = states.shape(0), n = states.shape(states.ndim() - 1);
-  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
+  typename quflow::System<T>::Bounds bounds;
+  const auto sys =
+      make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps, bounds);
   for (const CArray<T>* a : {&states, &grad_out}) {
     const char* name = a == &states ? "states" : "grad_out";
     const bool full = a->ndim() == 3;
@@ -191,7 +198,7 @@ py::tuple backward(const CArray<T>& states, const CArray<T>& grad_out,
     fail("grad_out: a trajectory cotangent needs the stored trajectory as states");
   if ((need_control || need_control_shape) && !control)
     fail("need_control: no control was given");
-  require_modest(grad_out, sys, "grad_out");
+  require_modest(grad_out, sys, bounds, "grad_out");
 
   std::optional<CArray<T>> g_psi;
   std::optional<RArray<T>> g_v, g_u, g_w;

@@ -45,7 +45,7 @@ struct SharedData {
   int stop = 0;  // set (atomically) to abandon every block
   KernelShared<T> view;
 
-  explicit SharedData(const System<T>& s) {
+  SharedData(const System<T>& s, const typename System<T>::Bounds& bounds) {
     const Index n = s.n;
     KernelShared<T>& v = view;
     v.sys = &s;
@@ -53,7 +53,9 @@ struct SharedData {
     v.h = s.dt / T(2);
     v.two_e = T(2) / (s.dx * s.dx);
     v.he = v.h / (s.dx * s.dx);
-    v.h2e2 = v.he * v.he;
+    v.c = T(s.pivot_scale(bounds));
+    v.ch = v.c * v.h;
+    v.ch2e2 = v.c * v.he * v.he;
     v.constant = s.constant_hamiltonian();
     shape = Vec<T>::Zero(n);
     if (s.control_rows > 0) shape = Eigen::Map<const Vec<T>>(s.control_shape, n);
@@ -66,11 +68,11 @@ struct SharedData {
       cinv_i.resize(n);
       T pr = 0, pi = 0;  // 1/w_{j−1}
       for (Index j = 0; j < n; ++j) {
-        const T wr = T(1) + v.h2e2 * pr;
-        const T wi = v.h * diag[j] + v.h2e2 * pi;
-        const T den = wr * wr + wi * wi;
-        pr = wr / den;
-        pi = -wi / den;
+        const T wr = v.c + v.ch2e2 * pr;  // c·w_j, as in the kernels' pivot()
+        const T wi = v.ch * diag[j] + v.ch2e2 * pi;
+        const T inv_den = T(1) / (wr * wr + wi * wi);
+        pr = wr * inv_den * v.c;
+        pi = -wi * inv_den * v.c;
         cinv_r[j] = pr;
         cinv_i[j] = pi;
       }
@@ -228,8 +230,9 @@ const Poll* watch(const System<T>& sys, const Poll& poll) {
 
 template <class T, int W>
 void forward_w(const System<T>& sys, const std::complex<T>* psi0, std::complex<T>* out,
-               bool trajectory, int threads, const Poll& poll) {
-  SharedData<T> sh(sys);
+               bool trajectory, int threads, const Poll& poll,
+               const typename System<T>::Bounds& bounds) {
+  SharedData<T> sh(sys, bounds);
   const Index blocks = (sys.batch + W - 1) / W;
   const auto kernel = forward_kernel<T, W>();
   parallel_blocks(blocks, thread_count(blocks, threads), watch(sys, poll), &sh.stop,
@@ -244,8 +247,8 @@ void forward_w(const System<T>& sys, const std::complex<T>* psi0, std::complex<T
 template <class T, int W>
 void backward_w(const System<T>& sys, const std::complex<T>* states, bool states_full,
                 const std::complex<T>* grad_out, bool grad_full, const Gradients<T>& grads,
-                int threads, const Poll& poll) {
-  SharedData<T> sh(sys);
+                int threads, const Poll& poll, const typename System<T>::Bounds& bounds) {
+  SharedData<T> sh(sys, bounds);
   const Index n = sys.n;
   const Index blocks = (sys.batch + W - 1) / W;
   const int nt = thread_count(blocks, threads);
@@ -293,16 +296,16 @@ const char* kernel_isa() { return use_avx2() ? "avx2" : "baseline"; }
 template <class T>
 void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<T>* out,
                 bool trajectory, int threads, const Poll& poll) {
-  sys.check();
+  const auto bounds = sys.check();
   QUFLOW_CHECK(psi0 != nullptr && out != nullptr, "psi0 and out must not be null");
   QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
-  QUFLOW_CHECK(max_modulus(psi0, sys.batch * sys.n) <= sys.max_state(),
+  QUFLOW_CHECK(max_modulus(psi0, sys.batch * sys.n) <= sys.max_state(bounds),
                "psi0: too large; the step would overflow");
   QUFLOW_CHECK(!trajectory || (sys.steps < std::numeric_limits<Index>::max() &&
                                size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*out))),
                "the trajectory's size overflows");
   with_lanes<T>(sys.batch, true, [&](auto w) {
-    forward_w<T, decltype(w)::value>(sys, psi0, out, trajectory, threads, poll);
+    forward_w<T, decltype(w)::value>(sys, psi0, out, trajectory, threads, poll, bounds);
   });
 }
 
@@ -310,7 +313,7 @@ template <class T>
 void cn_backward(const System<T>& sys, const std::complex<T>* states, bool states_full,
                  const std::complex<T>* grad_out, bool grad_full, const Gradients<T>& grads,
                  int threads, const Poll& poll) {
-  sys.check();
+  const auto bounds = sys.check();
   QUFLOW_CHECK(states != nullptr && grad_out != nullptr, "states and grad_out must not be null");
   QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
   QUFLOW_CHECK(!grads.control || sys.control_rows > 0, "control gradient requested without control");
@@ -321,12 +324,12 @@ void cn_backward(const System<T>& sys, const std::complex<T>* states, bool state
                                 size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*states))),
                "the trajectory's size overflows");
   QUFLOW_CHECK(max_modulus(grad_out, sys.batch * sys.n * (grad_full ? sys.steps + 1 : 1)) <=
-                   sys.max_state(),
+                   sys.max_state(bounds),
                "grad_out: too large; the adjoint step would overflow");
   // the adjoint of a constant H is faster with one register per point
   with_lanes<T>(sys.batch, !sys.constant_hamiltonian(), [&](auto w) {
     backward_w<T, decltype(w)::value>(sys, states, states_full, grad_out, grad_full, grads,
-                                      threads, poll);
+                                      threads, poll, bounds);
   });
 }
 

@@ -102,11 +102,15 @@ def crank_nicolson(
     stable, but its phase error grows with ``dt·E``).
 
     Valid range: with ``h = dt/2``, ``e = 1/dx²`` and ``d = 2e + V + u·W`` (the diagonal
-    of ``H_k``), both ``(h·e)² + 2h·e + h·max|V| + h·max|u|·max|W|`` and
-    ``2e + max|V| + max|u|·max|W|`` must be at most ``2^508 ≈ 8.4e152`` in double
-    (complex128) or ``2^60 ≈ 1.2e18`` in float (complex64); e.g. ``dt = 0.2`` needs
-    ``dx ≳ 1e-39`` in double and ``dx ≳ 1e-5`` in float. Beyond it the tridiagonal
-    pivots would overflow, so a ``ValueError`` names the argument and the limit. States
+    of ``H_k``): ``h·e ≤ 2^58 ≈ 2.9e17`` in float (complex64) and ``2^506 ≈ 2.6e152`` in
+    double (complex128); ``h·max|d| ≲ 2^60·max(1, h·e)`` (float) or
+    ``2^508·max(1, h·e)`` (double); and ``2e + max|V| + max|u|·max|W|`` at most the largest
+    float / 256. E.g. ``dt = 0.2`` needs ``dx ≳ 6e-10`` in float and ``dx ≳ 2e-77`` in
+    double. Beyond it the tridiagonal pivots would overflow (they are formed scaled by a
+    power of two when ``h·e`` is large), so a ``ValueError`` names the argument and the
+    limit. The elimination does not pivot: where ``V`` cancels ``2e`` next to points with
+    ``h·|V| ≫ 1``, round-off grows with ``h·e`` (norm drift up to ``O(1)`` for such
+    adversarial potentials at ``h·e ≳ 1e6`` in float, ``≳ 1e14`` in double). States
     (and, in backward, cotangents) must leave ``(I − i·h·H)ψ`` finite: components up to
     ``max_float / (16·√n·(1 + h·max|d| + 2h·e))`` (``~2e35`` in float for ``n = 20``,
     ``dt = 0.2``, ``dx = 0.1``); the map is linear, so rescale larger ones.

@@ -39,15 +39,23 @@ struct Cancelled : std::runtime_error {
 /// threads; returning true cancels the call (see Cancelled). Empty: never asked.
 using Poll = std::function<bool()>;
 
-/// Largest value the kernels accept for each of (h·e)² + h·max|d| and max|d|, where
-/// h = dt/2, e = 1/dx² and d_j = 2e + V_j + u_k·W_j is the diagonal of H_k:
-/// 2^(max_exponent/2 − 4), i.e. 2^508 ≈ 8.4e152 in double and 2^60 ≈ 1.2e18 in float.
-/// The Thomas pivots obey |w_j| ≤ 1 + h·|d_j| + (h·e)² (their real parts are ≥ 1) and
-/// |w_j|² must stay finite; beyond this range they overflow and the step returns a zero or
-/// NaN state instead of a unitary one.
+/// The range the kernels represent. With h = dt/2, e = 1/dx², he = h·e and
+/// d_j = 2e + V_j + u_k·W_j the diagonal of H_k, the Thomas pivots obey
+/// 1 ≤ Re w_j ≤ |w_j| ≤ 1 + h·|d_j| + he², and |w_j|² must stay finite and normal. Inside
+/// 1 + h·max|d| + he² ≤ 2^(max_exponent/2 − 4) they are formed as they are (c = 1); beyond
+/// it, scaled as c·w_j with c = 2^−⌊log2 max(1, he)⌋, which needs
+///   max(1, he)                          ≤ 2^(−min_exponent/2 − 4)  (c² stays normal)
+///   c·(1 + h·max|d| + he²)               ≤ 2^(max_exponent/2 − 4)   (|c·w|² stays finite)
+///   2e + max|V| + max|u|·max|W|         ≤ max / 256                (d itself)
+/// i.e. he ≤ 2^58 ≈ 2.9e17 in float and 2^506 ≈ 2.6e152 in double, and
+/// h·max|d| ≲ 2^60·max(1, he) in float, 2^508·max(1, he) in double.
 template <class T>
 double pivot_limit() {
   return std::ldexp(1.0, std::numeric_limits<T>::max_exponent / 2 - 4);
+}
+template <class T>
+double scale_limit() {
+  return std::ldexp(1.0, -std::numeric_limits<T>::min_exponent / 2 - 4);
 }
 
 /// True when batch · rows · n elements of `bytes` bytes each fit in a ptrdiff_t.
@@ -89,8 +97,23 @@ struct System {
   ConstRowMap<T> potential_map() const { return {potential, potential_rows, n}; }
   ConstRowMap<T> control_map() const { return {control, control_rows, steps}; }
 
-  /// Throws std::invalid_argument on any structural violation.
-  void check() const {
+  /// max|V|, max|u| and max|W| (W: control_shape), one pass over each array.
+  struct Bounds {
+    double v = 0, u = 0, w = 0;
+  };
+  Bounds bounds() const {
+    Bounds b;
+    b.v = max_abs(potential, potential_rows * n);
+    if (control_rows > 0) {
+      b.u = max_abs(control, control_rows * steps);
+      b.w = max_abs(control_shape, n);
+    }
+    return b;
+  }
+
+  /// Throws std::invalid_argument on any structural violation or an input outside the
+  /// representable range (see range_error); returns the bounds it measured.
+  Bounds check() const {
     QUFLOW_CHECK(batch >= 1, "batch must be >= 1");
     QUFLOW_CHECK(n >= 1, "n must be >= 1");
     QUFLOW_CHECK(steps >= 0, "steps must be >= 0");
@@ -104,60 +127,73 @@ struct System {
       QUFLOW_CHECK(control != nullptr || steps == 0, "control is null");
       QUFLOW_CHECK(control_shape != nullptr, "control_shape is null while control is given");
     }
-    const std::string range = range_error();
+    const Bounds b = bounds();
+    const std::string range = range_error(b);
     QUFLOW_CHECK(range.empty(), range);
+    return b;
   }
 
   /// Largest max|ψ_j| of a state (initial state or cotangent) the kernels accept: a step
   /// forms (I ∓ i·h·H)ψ, up to (1 + h·max|d| + 2h·e) times larger than ψ, and ψ's norm (up
   /// to √n·max|ψ_j|) must leave that finite, with a margin of 16.
-  double max_state() const {
+  double max_state(const Bounds& b) const {
     const double h = double(dt) / 2, he = h / double(dx) / double(dx);
-    const double hd = 2 * he + h * max_abs(potential, potential_rows * n) +
-                      (control_rows > 0 ? h * max_abs(control, control_rows * steps) *
-                                              max_abs(control_shape, n)
-                                        : 0.0);
+    const double hd = 2 * he + h * b.v + h * b.u * b.w;
     return double(std::numeric_limits<T>::max()) / 16 / (1 + hd + 2 * he) /
            std::sqrt(double(n));
   }
 
   static double max_abs(const T* p, Index size) {
-    double m = 0;
-    for (Index i = 0; i < size; ++i) m = std::max(m, std::abs(double(p[i])));
-    return m;
+    T m = 0;
+    for (Index i = 0; i < size; ++i) {
+      const T a = std::abs(p[i]);
+      m = a > m ? a : m;  // vectorises (max instructions)
+    }
+    return double(m);
   }
 
   /// Empty when dt, dx, the potential and the control are inside the range the kernels
   /// represent (see pivot_limit), else a message naming the argument that leaves it.
   /// Computed in double, in an order that cannot overflow before the comparison.
-  std::string range_error() const {
+  /// The scale c of the pivots (see pivot_limit): 1 where they need none, else
+  /// 2^−⌊log2 max(1, he)⌋.
+  double pivot_scale(const Bounds& b) const {
     const double h = double(dt) / 2, he = h / double(dx) / double(dx);
-    const double v = max_abs(potential, potential_rows * n);
-    const double u = control_rows > 0 ? max_abs(control, control_rows * steps) : 0.0;
-    const double w = control_rows > 0 ? max_abs(control_shape, n) : 0.0;
+    const double e2 = 2 / double(dx) / double(dx);
+    if (1 + h * (e2 + b.v + b.u * b.w) + he * he <= pivot_limit<T>()) return 1.0;
+    return std::ldexp(1.0, -std::ilogb(std::max(1.0, he)));
+  }
+
+  std::string range_error(const Bounds& b) const {
+    const double h = double(dt) / 2, he = h / double(dx) / double(dx);
+    const double v = b.v, u = b.u, w = b.w;
     const double e2 = 2 / double(dx) / double(dx);  // the Laplacian's diagonal 2e
-    const double limit = pivot_limit<T>();
-    const double lap = he * he + 2 * he, pot = h * v, ctl = h * u * w;
+    const double c = pivot_scale(b);
     auto fmt = [](double x) {
       char buf[32];
       std::snprintf(buf, sizeof buf, "%.3g", x);
       return std::string(buf);
     };
-    const std::string where = std::string(" exceeds ") + fmt(limit) + ", the limit in " +
-                              (sizeof(T) == 4 ? "float32" : "float64") +
-                              " (the Crank–Nicolson pivots would overflow)";
-    if (1 + lap + pot + ctl > limit) {  // the pivots h·d_j and (h·e)²
-      if (lap >= pot && lap >= ctl)
-        return "dt, dx: (dt/(2·dx²))² + dt/dx² = " + fmt(lap) + where +
-               "; use a larger dx or a smaller dt";
-      if (pot >= ctl)
-        return "potential: dt/2·max|V| = " + fmt(pot) + " (max|V| = " + fmt(v) + ")" + where;
-      return "control: dt/2·max|u|·max|control_shape| = " + fmt(ctl) + where;
+    const std::string in = std::string(", the limit in ") +
+                           (sizeof(T) == 4 ? "float32" : "float64") +
+                           " (the Crank–Nicolson pivots would overflow)";
+    if (!(std::max(1.0, he) <= scale_limit<T>()))
+      return "dt, dx: dt/(2·dx²) = " + fmt(he) + " exceeds " + fmt(scale_limit<T>()) + in +
+             "; use a larger dx or a smaller dt";
+    const double big = std::numeric_limits<T>::max() / 256.0;
+    if (!(e2 + v + u * w <= big)) {  // the diagonal d_j itself
+      if (e2 >= v && e2 >= u * w) return "dx: 2/dx² = " + fmt(e2) + " exceeds " + fmt(big) + in;
+      if (v >= u * w) return "potential: max|V| = " + fmt(v) + " exceeds " + fmt(big) + in;
+      return "control: max|u|·max|control_shape| = " + fmt(u * w) + " exceeds " + fmt(big) + in;
     }
-    if (e2 + v + u * w > limit) {  // the diagonal d_j itself
-      if (e2 >= v && e2 >= u * w) return "dx: 2/dx² = " + fmt(e2) + where;
-      if (v >= u * w) return "potential: max|V| = " + fmt(v) + where;
-      return "control: max|u|·max|control_shape| = " + fmt(u * w) + where;
+    const double pot = c * h * v, ctl = c * h * u * w;
+    if (!(c * (1 + h * e2) + c * he * he + pot + ctl <= pivot_limit<T>())) {
+      const std::string ratio = " / max(1, dt/(2·dx²)) = ";
+      if (pot >= ctl)
+        return "potential: dt/2·max|V|" + ratio + fmt(pot) + " exceeds " +
+               fmt(pivot_limit<T>()) + in;
+      return "control: dt/2·max|u|·max|control_shape|" + ratio + fmt(ctl) + " exceeds " +
+             fmt(pivot_limit<T>()) + in;
     }
     return {};
   }
