@@ -59,7 +59,7 @@ def test_worker_threads_that_cannot_start_raise_runtime_error():
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_a_long_call_stops_on_ctrl_c_and_leaves_nothing_behind(direction):
     done = _python(f"""
-        import os, signal, threading, time, torch, quflow
+        import os, signal, threading, torch, quflow
         torch.set_num_threads(2)
         grid = quflow.Grid(16, 2.0)
         psi = quflow.random_states(grid, 12, seed=0).requires_grad_()
@@ -69,8 +69,7 @@ def test_a_long_call_stops_on_ctrl_c_and_leaves_nothing_behind(direction):
         (g_ref,) = torch.autograd.grad(ref.abs().pow(2).mul(grid.x).sum(), V)
         states = psi.detach().numpy()  # the adjoint sweep on its own, through the binding
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
-        t0 = time.monotonic()
-        try:
+        try:  # without the interrupt neither call would end before the subprocess timeout
             if "{direction}" == "forward":
                 quflow.crank_nicolson(psi, V, dt=0.1, dx=grid.dx, steps=10**12)
             else:
@@ -79,14 +78,14 @@ def test_a_long_call_stops_on_ctrl_c_and_leaves_nothing_behind(direction):
                                            threads=2)
             print("finished")
         except KeyboardInterrupt:
-            print("interrupted", time.monotonic() - t0 < 20)
+            print("interrupted")
         assert torch.equal(psi.detach(), before)
         again = quflow.crank_nicolson(psi, V, dt=0.1, dx=grid.dx, steps=20)
         (g,) = torch.autograd.grad(again.abs().pow(2).mul(grid.x).sum(), V)
         print("same", torch.equal(again, ref) and torch.equal(g, g_ref))
     """, timeout=90)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["interrupted", "True", "same", "True"], done.stdout
+    assert done.stdout.split() == ["interrupted", "same", "True"], done.stdout
 
 
 def test_store_mode_keeps_one_copy_of_the_states():
