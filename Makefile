@@ -4,6 +4,7 @@
 #   make test        the test suite
 #   make bench       Python side-by-side benchmarks (threads pinned to 1)
 #   make bench-cpp   C++ microbenchmarks (needs Debian's libbenchmark-dev)
+#   make sanitize    the C++ op's tests against an ASan+UBSan build of the extension
 
 PYTHON ?= python3
 VENV   := .venv
@@ -14,7 +15,16 @@ SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp/include cpp/src cpp/bi
 # the torch CPU wheel first, explicitly: a bare 'torch' requirement would pull CUDA packages
 TORCH  ?= torch==2.13.0
 
-.PHONY: reproduce test bench bench-cpp clean
+# sanitize: the extension rebuilt with AddressSanitizer + UndefinedBehaviorSanitizer into its
+# own build and install folders (the normal build and .venv are untouched), first on
+# PYTHONPATH; ASan must be the first library a Python process loads (and needs libstdc++).
+SAN_DIR   := build/sanitize
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
+SAN_TESTS := tests/test_core_contract.py tests/test_schrodinger.py tests/test_schrodinger_errors.py \
+             tests/test_schrodinger_limits.py tests/test_properties.py tests/test_fidelity.py \
+             tests/test_grid.py
+
+.PHONY: reproduce test sanitize bench bench-cpp clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +39,16 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+sanitize: $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install -q --no-deps --upgrade --target $(SAN_DIR)/site \
+	  -C build-dir=$(SAN_DIR)/build -C "cmake.define.CMAKE_CXX_FLAGS=$(SAN_FLAGS)" \
+	  -C "cmake.define.CMAKE_SHARED_LINKER_FLAGS=-fsanitize=address,undefined" .
+	PYTHONPATH=$(SAN_DIR)/site QUFLOW_SANITIZE=1 \
+	  LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  sh -c '$(PY) -c "import quflow._core as c; assert \"$(SAN_DIR)\" in c.__file__, c.__file__" && \
+	         $(PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS)'
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) bench/bench_schrodinger.py

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
-import pytest
-import torch
+# One intra-op thread per test process: the suite's ops are small, and more threads only
+# oversubscribe a 2-core machine. Set QUFLOW_TEST_THREADS (or OMP_NUM_THREADS) to override;
+# tests that exercise threading set their own counts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("QUFLOW_TEST_THREADS", os.environ["OMP_NUM_THREADS"])))
 
 import quflow
 

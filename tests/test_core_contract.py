@@ -86,3 +86,69 @@ def test_backward_contract():
         _core.backward_c128(out, np.ones((B, T + 1, N), np.complex128), **common)
     with pytest.raises(TypeError):
         _core.backward_c128(out.astype(np.complex64), g, **common)
+
+
+# ---------------------------------------------------------------- sizes and buffers (issue 12)
+
+@pytest.mark.parametrize("steps", [2**63 - 1, 2**62, 2**61])
+def test_trajectory_sizes_that_overflow_are_refused_before_allocating(steps):
+    # (batch, steps+1, n) elements: steps + 1 and the byte count overflow a 64-bit size
+    with pytest.raises(ValueError, match="steps: "):
+        _core.forward_c128(**args(steps=steps), trajectory=True)
+
+
+def test_backward_with_a_huge_step_count_is_refused():
+    a = args()
+    out = _core.forward_c128(**a, trajectory=True)
+    with pytest.raises(ValueError, match="states: expected shape"):
+        _core.backward_c128(out, np.ones_like(out), potential=a["potential"], dt=0.1, dx=0.2,
+                            steps=2**63 - 1)
+
+
+def _unaligned(shape, dtype):
+    """A C-contiguous array of `dtype` whose data pointer is 1 byte off alignment."""
+    dtype = np.dtype(dtype)
+    raw = np.zeros(int(np.prod(shape)) * dtype.itemsize + 1, np.uint8)
+    out = raw[1:].view(dtype).reshape(shape)
+    assert not out.flags.aligned and out.flags.c_contiguous
+    return out
+
+
+@pytest.mark.parametrize("name", ["psi0", "potential", "control", "control_shape"])
+def test_unaligned_arrays_are_refused(name):
+    good = dict(psi0=np.ones((B, N), np.complex128) / np.sqrt(N), potential=np.zeros((1, N)),
+                control=np.zeros((1, T)), control_shape=np.ones(N))
+    bad = _unaligned(good[name].shape, good[name].dtype)
+    bad[...] = good[name]
+    good[name] = bad
+    with pytest.raises(TypeError, match=f"{name}: expected an aligned array"):
+        _core.forward_c128(**args(**good))
+
+
+def test_unaligned_backward_arrays_are_refused():
+    a = args()
+    out = _core.forward_c128(**a)
+    bad = _unaligned(out.shape, out.dtype)
+    bad[...] = out
+    common = dict(potential=a["potential"], dt=0.1, dx=0.2, steps=T)
+    with pytest.raises(TypeError, match="states: expected an aligned array"):
+        _core.backward_c128(bad, np.ones_like(out), **common)
+    with pytest.raises(TypeError, match="grad_out: expected an aligned array"):
+        _core.backward_c128(out, bad, **common)
+
+
+@pytest.mark.parametrize("dtype,bad", [
+    (np.complex128, dict(potential=np.full((1, N), 1e160))),
+    (np.complex128, dict(dx=1e-100)),
+    (np.complex128, dict(dt=1e300)),
+    (np.complex64, dict(potential=np.full((1, N), 1e30, np.float32))),
+    (np.complex64, dict(dx=1e-10)),
+    (np.complex64, dict(dt=1e20)),
+])
+def test_inputs_beyond_the_representable_range_are_refused_by_the_core(dtype, bad):
+    real = np.float64 if dtype == np.complex128 else np.float32
+    kw = args(psi0=np.ones((B, N), dtype), potential=np.zeros((1, N), real))
+    kw.update(bad)
+    fn = _core.forward_c128 if dtype == np.complex128 else _core.forward_c64
+    with pytest.raises(ValueError, match="overflow"):
+        fn(**kw)

@@ -197,3 +197,70 @@ def test_fidelity_loss_module():
 def test_bad_input(call, exc, msg):
     with pytest.raises(exc, match=msg):
         call()
+
+
+# ---------------------------------------------------------------- extreme scales (issue 12)
+
+SCALES = {torch.complex64: [1e-30, 1e-11, 1e-6, 1e10, 1e30],
+          torch.complex128: [1e-300, 1e-150, 1e-80, 1e80, 1e150, 1e300]}
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("gradient", ["standard", "modified"])
+def test_value_and_gradients_are_right_at_any_finite_scale(dtype, gradient):
+    """L(c·p, t) = L(p, t) and ∇_p L(c·p, t) = ∇_p L(p, t)/c for every c where c·p is finite."""
+    p, t = _states((4, 5), dtype, 30), _states((4, 5), dtype, 31)
+    loss0, gp0, gt0 = _grads(p, t, gradient)
+    rtol = 1e-12 if dtype == torch.complex128 else 2e-5
+    for c in SCALES[dtype]:
+        for which in ("pred", "target"):
+            pc, tc = (p * c, t) if which == "pred" else (p, t * c)
+            loss, gp, gt = _grads(pc, tc, gradient)
+            torch.testing.assert_close(loss, loss0, rtol=0, atol=rtol, msg=f"{which} × {c}")
+            want_p, want_t = (gp0 / c, gt0) if which == "pred" else (gp0, gt0 / c)
+            for got, want in ((gp, want_p), (gt, want_t)):
+                assert torch.isfinite(got).all(), f"{which} × {c}"
+                err = ((got - want).abs().max() / want.abs().max()).item()
+                assert err < 10 * rtol, f"{which} × {c}: relative error {err:.2e}"
+
+
+def test_tiny_but_non_zero_float_states_are_accepted():
+    p = torch.tensor([[1e-23 + 0j, 2e-23]], dtype=torch.complex64)
+    t = torch.tensor([[1.0 + 0j, 0.0]], dtype=torch.complex64)
+    assert quflow.fidelity_loss(p, t).item() == pytest.approx(0.8, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype,tiny", [(torch.complex128, 1e-310), (torch.complex64, 1e-40)])
+def test_modified_gradient_is_finite_at_a_subnormal_overlap(dtype, tiny):
+    t = torch.tensor([[1.0 + 0j, 0.0]], dtype=dtype)
+    p = torch.tensor([[tiny + 0j, 1.0]], dtype=dtype)
+    _, gp, gt = _grads(p, t, "modified")
+    assert torch.isfinite(gp).all() and torch.isfinite(gt).all()
+    torch.testing.assert_close(gp, -2 * t, atol=1e-6, rtol=0)  # the documented phase-1 limit
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_empty_batch(reduction):
+    p, t = torch.zeros(0, 3, dtype=torch.complex128), torch.ones(3, dtype=torch.complex128)
+    if reduction == "mean":
+        with pytest.raises(ValueError, match="pred: the batch is empty"):
+            quflow.fidelity_loss(p, t, reduction=reduction)
+    else:
+        out = quflow.fidelity_loss(p, t, reduction=reduction)
+        assert out.shape == ((0,) if reduction == "none" else ()) and torch.isfinite(out).all()
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.complex32])
+def test_unsupported_precisions_are_type_errors(dtype):
+    with pytest.raises(TypeError, match="pred: expected"):
+        quflow.fidelity_loss(torch.ones(2, 4).to(dtype), torch.ones(4))
+    with pytest.raises(TypeError, match="target: expected"):
+        quflow.fidelity_loss(torch.ones(4), torch.ones(2, 4).to(dtype))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # nested tensors are a prototype
+def test_nested_tensors_are_type_errors():
+    nested = torch.nested.nested_tensor([torch.ones(4), torch.ones(4)])
+    with pytest.raises(TypeError, match="pred: expected a dense"):
+        quflow.fidelity_loss(nested, torch.ones(4))

@@ -57,3 +57,12 @@ def test_random_states_are_normalised_reproducible_and_band_limited():
 def test_bad_arguments(call, exc, msg):
     with pytest.raises(exc, match=msg):
         call()
+
+
+def test_spacings_whose_inverse_square_overflows_are_refused():
+    with pytest.raises(ValueError, match="length: .*dx"):
+        quflow.Grid(4, 1e-300)
+    g = quflow.Grid(4, 1e-150)  # 1/dx² still finite: the eigenvalues are right
+    assert torch.isfinite(g.eigenvalues()).all()
+    torch.testing.assert_close(g.eigenvalues()[0] * g.dx**2,
+                               torch.tensor(4 * math.sin(math.pi / 10) ** 2, dtype=torch.float64))

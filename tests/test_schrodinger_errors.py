@@ -89,3 +89,96 @@ def test_bad_input_leaves_inputs_untouched():
     with pytest.raises(ValueError):
         quflow.crank_nicolson(kw["psi0"], torch.zeros(N + 1, **f64), dt=0.1, dx=0.2, steps=2)
     assert torch.equal(kw["psi0"], before)
+
+
+# ---------------------------------------------------------------- issue 12: edges and limits
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.complex32])
+def test_unsupported_precisions_are_type_errors(dtype):
+    psi = torch.ones(3, N).to(dtype)
+    with pytest.raises(TypeError, match="psi0: expected a float32, float64, complex64"):
+        quflow.crank_nicolson(psi, dt=0.1, dx=0.2, steps=2)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # nested and CSR tensors are prototypes
+@pytest.mark.parametrize("layout", [torch.strided, torch.jagged])
+def test_nested_and_sparse_tensors_are_type_errors(layout):
+    nested = torch.nested.nested_tensor([torch.ones(N, dtype=torch.complex128)] * 2,
+                                        layout=layout)
+    with pytest.raises(TypeError, match="psi0: expected a dense"):
+        quflow.crank_nicolson(nested, dt=0.1, dx=0.2, steps=2)
+    with pytest.raises(TypeError, match="potential: expected a dense"):
+        call(potential=torch.zeros(N, **f64).to_sparse())
+    with pytest.raises(TypeError, match="psi0: expected a dense"):
+        quflow.crank_nicolson(torch.eye(N, dtype=torch.float64).to_sparse_csr(), dt=0.1, dx=0.2,
+                              steps=2)
+
+
+@pytest.mark.parametrize("control", [torch.zeros(0, **f64), torch.zeros(3, 0, **f64)])
+def test_zero_length_control_is_a_value_error(control):
+    with pytest.raises(ValueError, match="control: has no time steps"):
+        call(steps=_DROP, control=control, control_shape=torch.ones(N, **f64))
+
+
+@pytest.mark.parametrize("steps", [2**63 - 1, 2**63, 2**70])
+def test_huge_step_counts_are_value_errors(steps):
+    with pytest.raises(ValueError, match="steps: "):
+        call(steps=steps, trajectory=True)
+    with pytest.raises(ValueError, match="steps: "):
+        call(steps=steps, adjoint="store")
+
+
+# Each of these used to come back as a zero state or NaN (issue 12): the pivots of the
+# tridiagonal solve overflow. They are outside the documented range and are refused.
+EXTREME = [
+    (torch.float64, dict(potential=torch.full((N,), 1e160, **f64)), "potential: "),
+    (torch.float32, dict(potential=torch.full((N,), 1e30)), "potential: "),
+    (torch.float32, dict(dx=1e-10), "dt, dx: "),
+    (torch.float32, dict(dx=1e-12), "dt, dx: "),
+    (torch.float32, dict(dt=1e20), "dt, dx: "),
+    (torch.float64, dict(dx=1e-100), "dt, dx: "),
+    (torch.float64, dict(dt=1e300), "dt, dx: "),
+    (torch.float64, dict(steps=_DROP, control=torch.full((4,), 1e150, **f64),
+                         control_shape=torch.full((N,), 1e10, **f64)), "control: "),
+]
+
+
+@pytest.mark.parametrize("real,changes,msg", EXTREME, ids=[str(c[1])[:40] for c in EXTREME])
+def test_inputs_beyond_the_representable_range_are_value_errors(real, changes, msg):
+    kw = good()
+    kw.update(changes)
+    kw = {k: v for k, v in kw.items() if v is not _DROP}
+    kw["psi0"] = kw["psi0"].to(torch.complex128 if real == torch.float64 else torch.complex64)
+    for key in ("potential", "control", "control_shape"):
+        if key in kw:
+            kw[key] = kw[key].to(real)
+    with pytest.raises(ValueError, match=msg + ".*(limit|at most)"):
+        quflow.crank_nicolson(**kw)
+
+
+def test_unaligned_tensors_are_copied_not_refused():
+    raw = torch.zeros(3 * N * 16 + 1, dtype=torch.uint8)
+    psi = quflow.random_states(quflow.Grid(N), 3, seed=0)
+    try:
+        odd = torch.frombuffer(raw.numpy().data, dtype=torch.complex128, offset=1, count=3 * N)
+    except (ValueError, RuntimeError):
+        pytest.skip("this torch refuses unaligned buffers itself")
+    odd = odd.reshape(3, N)
+    odd.copy_(psi)
+    out = quflow.crank_nicolson(odd, dt=0.1, dx=0.2, steps=4)
+    torch.testing.assert_close(out, quflow.crank_nicolson(psi, dt=0.1, dx=0.2, steps=4),
+                               atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cdtype,scale", [(torch.complex64, 1e37), (torch.complex128, 1e307)])
+def test_states_and_cotangents_too_large_for_a_step_are_value_errors(cdtype, scale):
+    """A step forms (I − i·dt/2·H)ψ; for a state near the largest float it would overflow."""
+    grid = quflow.Grid(N)
+    psi = quflow.random_states(grid, 3, seed=0, dtype=cdtype)
+    V = torch.zeros(N, dtype=psi.real.dtype, requires_grad=True)
+    with pytest.raises(ValueError, match="psi0: a component of size .* exceeds .* rescale"):
+        quflow.crank_nicolson(psi * scale, V, dt=0.1, dx=grid.dx, steps=4)
+    out = quflow.crank_nicolson(psi, V, dt=0.1, dx=grid.dx, steps=4)
+    with pytest.raises(ValueError, match="grad_out: a component of size .* exceeds"):
+        torch.autograd.grad(out, V, torch.full_like(out, scale))

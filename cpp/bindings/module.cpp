@@ -1,13 +1,18 @@
 // quflow._core: the only translation unit that sees pybind11.
 //
-// Contract: arrays arrive as numpy arrays of the exact dtype and C order (noconvert), so
-// a wrong dtype or layout is a TypeError here, never a silent copy. Structural checks
-// (ndim, sizes, finiteness, scalars) raise ValueError before any pointer reaches the core.
+// Contract: arrays arrive as numpy arrays of the exact dtype, C order and aligned
+// (noconvert), so a wrong dtype or layout is a TypeError here, never a silent copy.
+// Structural checks (ndim, sizes that overflow, finiteness, scalars, the representable
+// range of dt, dx, V and u) raise ValueError before any allocation or pointer reaches the
+// core. Long calls poll for signals (Ctrl-C) every few milliseconds and raise them.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 #include <optional>
 #include <string>
 
@@ -23,6 +28,37 @@ template <class T>
 using RArray = py::array_t<T, py::array::c_style>;
 
 [[noreturn]] void fail(const std::string& msg) { throw py::value_error(msg); }
+
+/// Arrays reach the core as typed pointers: a misaligned buffer (a view at an odd byte
+/// offset) would be undefined behaviour there.
+template <class A>
+void require_aligned(const A& a, const char* name) {
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::type_error(std::string(name) +
+                         ": expected an aligned array; copy it with "
+                         "numpy.require(a, requirements='CA')");
+}
+
+/// Runs a core call with the GIL released. The calling thread briefly takes the GIL back
+/// every few milliseconds to run Python's signal handlers; if one raises (Ctrl-C:
+/// KeyboardInterrupt) the core stops its workers and that exception is raised here.
+template <class Call>
+void run_released(Call&& call) {
+  const quflow::Poll poll = [] {
+    py::gil_scoped_acquire gil;
+    return PyErr_CheckSignals() != 0;  // leaves the handler's exception set
+  };
+  bool cancelled = false;
+  {
+    py::gil_scoped_release nogil;
+    try {
+      call(poll);
+    } catch (const quflow::Cancelled&) {
+      cancelled = true;
+    }
+  }
+  if (cancelled) throw py::error_already_set();
+}
 
 template <class A>
 void require_ndim(const A& a, const char* name, int lo, int hi) {
@@ -43,17 +79,38 @@ void require_finite(const std::complex<T>* p, py::ssize_t size, const char* name
   require_finite(reinterpret_cast<const T*>(p), 2 * size, name);
 }
 
+/// A state (or cotangent) must leave the step's intermediate (I ∓ i·dt/2·H)ψ finite.
+template <class T>
+void require_modest(const CArray<T>& a, const quflow::System<T>& sys,
+                    const typename quflow::System<T>::Bounds& bounds, const char* name) {
+  const T* p = reinterpret_cast<const T*>(a.data());
+  double m = 0;
+  for (py::ssize_t i = 0; i < 2 * a.size(); ++i) m = std::max(m, std::abs(double(p[i])));
+  const double limit = sys.max_state(bounds) / std::sqrt(2.0);
+  if (m > limit) {
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "%s: a component of size %.3g exceeds %.3g, the limit in %s for these dt, "
+                  "dx, V and u (a step forms (I - i*dt/2*H)psi, which would overflow); the "
+                  "propagation is linear: rescale it",
+                  name, m, limit, sizeof(T) == 4 ? "float32" : "float64");
+    fail(buf);
+  }
+}
+
 /// Builds and validates the core's System view from the binding's arguments.
 template <class T>
 quflow::System<T> make_system(py::ssize_t batch, py::ssize_t n, const RArray<T>& potential,
                                const std::optional<RArray<T>>& control,
                                const std::optional<RArray<T>>& control_shape, double dt,
-                               double dx, py::ssize_t steps) {
+                               double dx, py::ssize_t steps,
+                               typename quflow::System<T>::Bounds& bounds) {
   if (!(std::isfinite(dt) && dt > 0)) fail("dt: expected a finite number > 0");
   if (!(std::isfinite(dx) && dx > 0)) fail("dx: expected a finite number > 0");
   if (steps < 0) fail("steps: expected >= 0");
   if (n < 1 || batch < 1) fail("psi: expected batch >= 1 and n >= 1");
   require_ndim(potential, "potential", 2, 2);
+  require_aligned(potential, "potential");
   if (potential.shape(1) != n || (potential.shape(0) != 1 && potential.shape(0) != batch))
     fail("potential: expected shape (1, n) or (batch, n)");
   require_finite(potential.data(), potential.size(), "potential");
@@ -70,6 +127,8 @@ quflow::System<T> make_system(py::ssize_t batch, py::ssize_t n, const RArray<T>&
   if (control) {
     require_ndim(*control, "control", 2, 2);
     require_ndim(*control_shape, "control_shape", 1, 1);
+    require_aligned(*control, "control");
+    require_aligned(*control_shape, "control_shape");
     if (control->shape(1) != steps) fail("control: expected shape (rows, steps)");
     if (control->shape(0) != 1 && control->shape(0) != batch)
       fail("control: expected 1 or batch rows");
@@ -82,6 +141,9 @@ quflow::System<T> make_system(py::ssize_t batch, py::ssize_t n, const RArray<T>&
   }
   if (!(std::isfinite(sys.dt) && sys.dt > 0 && std::isfinite(sys.dx) && sys.dx > 0))
     fail("dt, dx: not representable in this precision");
+  bounds = sys.bounds();
+  const std::string range = sys.range_error(bounds);
+  if (!range.empty()) fail(range);
   return sys;
 }
 
@@ -92,14 +154,22 @@ py::array forward(const CArray<T>& psi0, const RArray<T>& potential,
                   py::ssize_t steps, bool trajectory, int threads) {
   if (threads < 1) fail("threads: expected >= 1");
   require_ndim(psi0, "psi0", 2, 2);
+  require_aligned(psi0, "psi0");
   const py::ssize_t batch = psi0.shape(0), n = psi0.shape(1);
-  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
+  typename quflow::System<T>::Bounds bounds;
+  const auto sys =
+      make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps, bounds);
+  if (trajectory && (steps == std::numeric_limits<py::ssize_t>::max() ||
+                     !quflow::size_fits(batch, steps + 1, n, sizeof(std::complex<T>))))
+    fail("steps: a trajectory of " + std::to_string(steps) + " + 1 states of (batch, n) = (" +
+         std::to_string(batch) + ", " + std::to_string(n) + ") overflows a 64-bit size");
   require_finite(psi0.data(), psi0.size(), "psi0");
+  require_modest(psi0, sys, bounds, "psi0");
   CArray<T> out = trajectory ? CArray<T>({batch, steps + 1, n}) : CArray<T>({batch, n});
-  {
-    py::gil_scoped_release nogil;
-    quflow::cn_forward<T>(sys, psi0.data(), out.mutable_data(), trajectory, threads);
-  }
+  std::complex<T>* dst = out.mutable_data();
+  run_released([&](const quflow::Poll& poll) {
+    quflow::cn_forward<T>(sys, psi0.data(), dst, trajectory, threads, poll);
+  });
   return out;
 }
 
@@ -112,18 +182,23 @@ py::tuple backward(const CArray<T>& states, const CArray<T>& grad_out,
   if (threads < 1) fail("threads: expected >= 1");
   require_ndim(states, "states", 2, 3);
   require_ndim(grad_out, "grad_out", 2, 3);
+  require_aligned(states, "states");
+  require_aligned(grad_out, "grad_out");
   const py::ssize_t batch = states.shape(0), n = states.shape(states.ndim() - 1);
-  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
+  typename quflow::System<T>::Bounds bounds;
+  const auto sys =
+      make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps, bounds);
   for (const CArray<T>* a : {&states, &grad_out}) {
     const char* name = a == &states ? "states" : "grad_out";
     const bool full = a->ndim() == 3;
-    if (a->shape(0) != batch || a->shape(a->ndim() - 1) != n || (full && a->shape(1) != steps + 1))
+    if (a->shape(0) != batch || a->shape(a->ndim() - 1) != n || (full && a->shape(1) - 1 != steps))
       fail(std::string(name) + ": expected shape (batch, n) or (batch, steps+1, n)");
   }
   if (grad_out.ndim() == 3 && states.ndim() != 3)
     fail("grad_out: a trajectory cotangent needs the stored trajectory as states");
   if ((need_control || need_control_shape) && !control)
     fail("need_control: no control was given");
+  require_modest(grad_out, sys, bounds, "grad_out");
 
   std::optional<CArray<T>> g_psi;
   std::optional<RArray<T>> g_v, g_u, g_w;
@@ -133,11 +208,10 @@ py::tuple backward(const CArray<T>& states, const CArray<T>& grad_out,
     grads.potential = (g_v = RArray<T>({sys.potential_rows, n}))->mutable_data();
   if (need_control) grads.control = (g_u = RArray<T>({sys.control_rows, steps}))->mutable_data();
   if (need_control_shape) grads.control_shape = (g_w = RArray<T>({n}))->mutable_data();
-  {
-    py::gil_scoped_release nogil;
+  run_released([&](const quflow::Poll& poll) {
     quflow::cn_backward<T>(sys, states.data(), states.ndim() == 3, grad_out.data(),
-                           grad_out.ndim() == 3, grads, threads);
-  }
+                           grad_out.ndim() == 3, grads, threads, poll);
+  });
   auto obj = [](const auto& o) { return o ? py::object(*o) : py::object(py::none()); };
   return py::make_tuple(obj(g_psi), obj(g_v), obj(g_u), obj(g_w));
 }

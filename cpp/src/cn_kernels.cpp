@@ -233,14 +233,30 @@ class Block {
     else return base_[j] + u_ * sh_.shape[j];
   }
 
-  /// Pivot 1/w_j of M_σ from 1/w_{j−1}: w_j = 1 + iσh·d_j + he²/w_{j−1}.
-  template <int kSigma>
-  void pivot(const V& d, V& iw_r, V& iw_i) const {
-    const V wr = T(1) + sh_.h2e2 * iw_r;
-    const V wi = T(kSigma) * sh_.h * d + sh_.h2e2 * iw_i;
+  /// Pivot 1/w_j of M_σ from 1/w_{j−1}: w_j = 1 + iσh·d_j + he²/w_{j−1}, formed as
+  /// w' = c·w_j (c a power of two, see KernelShared), 1/w_j = (conj(w')/|w'|²)·c; every
+  /// intermediate stays a normal number (bitwise the unscaled result where that is one).
+  /// The scaled constants c, c·h, c·he², read once into registers by each sweep (the
+  /// planes are T arrays, so the compiler cannot keep sh_'s members in registers itself).
+  struct Scaled {
+    T c, ch, ch2e2;
+  };
+  Scaled scaled() const { return {sh_.c, sh_.ch, sh_.ch2e2}; }
+
+  /// kScaled = false: c = 1 (he ≤ 1), the two multiplications by c are left out.
+  template <int kSigma, bool kScaled>
+  static void pivot(const Scaled& k, const V& d, V& iw_r, V& iw_i) {
+    const V wr = (kScaled ? k.c : T(1)) + k.ch2e2 * iw_r;
+    const V wi = T(kSigma) * k.ch * d + k.ch2e2 * iw_i;
     const V inv_den = T(1) / (wr * wr + wi * wi);
-    iw_r = wr * inv_den;
-    iw_i = -wi * inv_den;
+    if constexpr (kScaled) {
+      const V wr_c = wr * k.c, wi_c = wi * k.c;  // beside the division, off its chain
+      iw_r = wr_c * inv_den;
+      iw_i = -wi_c * inv_den;
+    } else {
+      iw_r = wr * inv_den;
+      iw_i = -wi * inv_den;
+    }
   }
 
   /// One forward-elimination step v ← r/w + m·v (complex, every lane), 1/w = iw.
@@ -256,9 +272,10 @@ class Block {
   /// P ← M_{+1}⁻¹ M_{−1} P: one forward step, in place.
   /// With m_j = i·he/w_j the sweeps are v_j = r_j/w_j + m_j v_{j−1} and
   /// x_j = v_j + m_j x_{j+1}: one complex multiply-add on the dependency chain.
-  template <bool kConst>
+  template <bool kConst, bool kScaled>
   void forward_step() {
     const T h = sh_.h, he = sh_.he;
+    const Scaled k = scaled();
     V* p_r = pr_ + 1;
     V* p_i = pi_ + 1;
     V op_r = {}, op_i = {};  // ψ_{j−1} before it was overwritten
@@ -274,7 +291,7 @@ class Block {
         iw_r = fr_[j];
         iw_i = fi_[j];
       } else {
-        pivot<+1>(d, iw_r, iw_i);
+        pivot<+1, kScaled>(k, d, iw_r, iw_i);
         fr_[j] = iw_r;
         fi_[j] = iw_i;
       }
@@ -296,9 +313,10 @@ class Block {
   /// On exit Q = ψ_k, G = g_k, and this step's ∂L/∂d has been added to the accumulators
   /// gv[j] += ∂L/∂d_j,  gw[j] += ∂L/∂d_j · u_k,  du += Σ_j ∂L/∂d_j · W_j.
   /// Pivots w̃_j of M_{−1} are the conjugates of M_{+1}'s; m̃_j = −i·he/w̃_j.
-  template <bool kConst, bool kRebuild>
+  template <bool kConst, bool kRebuild, bool kScaled>
   void adjoint_step(V* gv, V* gw, V& du) {
-    const T h = sh_.h, he = sh_.he, e = sh_.two_e / T(2);
+    const T h = sh_.h, he = sh_.he;
+    const Scaled k = scaled();
     const V* p_r = pr_ + 1;
     const V* p_i = pi_ + 1;
     V* q_r = qr_ + 1;
@@ -315,7 +333,7 @@ class Block {
           iw_r = fr_[j];
           iw_i = -fi_[j];
         } else {
-          pivot<-1>(d, iw_r, iw_i);
+          pivot<-1, kScaled>(k, d, iw_r, iw_i);
           fr_[j] = iw_r;
           fi_[j] = iw_i;
         }
@@ -339,7 +357,7 @@ class Block {
     // then ∂L/∂d_j, and g_k[j+1] = (M_{+1} λ)_{j+1} from λ_j, λ_{j+1}, λ_{j+2}.
     V l1_r = {}, l1_i = {};  // λ_{j+1}
     V l2_r = {}, l2_i = {};  // λ_{j+2}
-    V d1 = {};               // d_{j+1}
+    V hd1 = {};              // h·d_{j+1}
     for (Index j = n_ - 1; j >= 0; --j) {
       const V d = diag<kConst>(j);
       const V iw_i = kConst ? -fi_[j] : fi_[j];
@@ -356,18 +374,18 @@ class Block {
       gv[j] += gd;
       gw[j] += gd * u_;
       du += gd * sh_.shape[j];
-      // g_k[j+1] = λ_{j+1} + i·h·(d_{j+1} λ_{j+1} − e (λ_j + λ_{j+2})); at j = n−1 this
+      // g_k[j+1] = λ_{j+1} + i·(h·d_{j+1} λ_{j+1} − he (λ_j + λ_{j+2})); at j = n−1 this
       // writes G's padding row, which nothing reads
-      g_r[j + 1] = l1_r - h * (d1 * l1_i - e * (li + l2_i));
-      g_i[j + 1] = l1_i + h * (d1 * l1_r - e * (lr + l2_r));
+      g_r[j + 1] = l1_r - hd1 * l1_i + he * (li + l2_i);
+      g_i[j + 1] = l1_i + hd1 * l1_r - he * (lr + l2_r);
       l2_r = l1_r;
       l2_i = l1_i;
       l1_r = lr;
       l1_i = li;
-      d1 = d;
+      hd1 = h * d;
     }
-    g_r[0] = l1_r - h * (d1 * l1_i - e * l2_i);  // g_k[0] from λ_0, λ_1 (λ_{−1} = 0)
-    g_i[0] = l1_i + h * (d1 * l1_r - e * l2_r);
+    g_r[0] = l1_r - hd1 * l1_i + he * l2_i;  // g_k[0] from λ_0, λ_1 (λ_{−1} = 0)
+    g_i[0] = l1_i + hd1 * l1_r - he * l2_r;
   }
 
   V* plane_re(Buf b) const { return b == Buf::P ? pr_ : b == Buf::Q ? qr_ : gr_; }
@@ -384,6 +402,12 @@ class Block {
   static constexpr std::complex<T> zeros_[1] = {};
 };
 
+/// True once another thread has asked every block to stop (an error or a cancelled call).
+template <class T>
+bool stopped(const KernelShared<T>& sh) {
+  return __atomic_load_n(sh.stop, __ATOMIC_RELAXED) != 0;
+}
+
 }  // namespace
 
 template <class T, int W>
@@ -393,14 +417,17 @@ void forward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0,
   const Index n = sh.sys->n, steps = sh.sys->steps;
   const Index stride = trajectory ? (steps + 1) * n : n;
   B blk(sh, wk, b0, lanes);
+  const bool scaled = sh.c != T(1);  // he > 1: pivots formed scaled (see pivot)
   blk.load(B::Buf::P, psi0, n, 0);
   if (trajectory) blk.store(B::Buf::P, out, stride, 0);
   for (Index k = 0; k < steps; ++k) {
+    if (stopped(sh)) return;
     if (sh.constant) {
-      blk.template forward_step<true>();
+      blk.template forward_step<true, false>();
     } else {
       blk.set_control(k);
-      blk.template forward_step<false>();
+      if (scaled) blk.template forward_step<false, true>();
+      else blk.template forward_step<false, false>();
     }
     if (trajectory) blk.store(B::Buf::P, out, stride, (k + 1) * n);
   }
@@ -419,21 +446,25 @@ void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
   const Index sstride = states_full ? (steps + 1) * n : n;
   const Index gstride = grad_full ? (steps + 1) * n : n;
   B blk(sh, wk, b0, lanes);
+  const bool scaled = sh.c != T(1);  // he > 1: pivots formed scaled (see pivot)
   V* gv = B::as_v(wk.gv);  // Σ_k ∂L/∂d_j per lane
   V* gw = B::as_v(wk.gw);  // Σ_k ∂L/∂d_j · u_k per lane
   for (Index j = 0; j < n; ++j) gv[j] = gw[j] = V{};
   blk.load(B::Buf::P, states, sstride, states_full ? steps * n : 0);
   blk.load(B::Buf::G, grad_out, gstride, grad_full ? steps * n : 0);
   for (Index k = steps - 1; k >= 0; --k) {  // adjoint sweep k = T−1 … 0
+    if (stopped(sh)) return;
     V du = {};
     blk.set_control(k);
     if (states_full) {
       blk.load(B::Buf::Q, states, sstride, k * n);
-      if (sh.constant) blk.template adjoint_step<true, false>(gv, gw, du);
-      else blk.template adjoint_step<false, false>(gv, gw, du);
+      if (sh.constant) blk.template adjoint_step<true, false, false>(gv, gw, du);
+      else if (scaled) blk.template adjoint_step<false, false, true>(gv, gw, du);
+      else blk.template adjoint_step<false, false, false>(gv, gw, du);
     } else {
-      if (sh.constant) blk.template adjoint_step<true, true>(gv, gw, du);
-      else blk.template adjoint_step<false, true>(gv, gw, du);
+      if (sh.constant) blk.template adjoint_step<true, true, false>(gv, gw, du);
+      else if (scaled) blk.template adjoint_step<false, true, true>(gv, gw, du);
+      else blk.template adjoint_step<false, true, false>(gv, gw, du);
     }
     if (grads.control) {
       for (Index l = 0; l < lanes; ++l) {

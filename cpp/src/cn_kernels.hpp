@@ -17,12 +17,15 @@ struct KernelShared {
   const System<T>* sys = nullptr;
   T h = 0;     // dt/2
   T he = 0;    // dt/(2·dx²)
-  T h2e2 = 0;  // he²
   T two_e = 0; // 2/dx²
+  // Pivots are formed scaled by c = 2^−k ≈ 1/max(1, he) (exact: a power of two), so that
+  // |c·w_j|² stays finite up to he ~ 2^(max_exponent/2): c, c·h, c·he²
+  T c = 1, ch = 0, ch2e2 = 0;
   bool constant = false;
   const T* shape = nullptr;   // (n) control shape, zeros without control
   const T* cinv_r = nullptr;  // (n) pivots 1/w_j of I + i·h·H for a constant H
   const T* cinv_i = nullptr;
+  const int* stop = nullptr;  // non-zero: abandon the call (read between steps, atomically)
 };
 
 /// One thread's workspace for blocks of W lanes (plain view).

@@ -4,9 +4,12 @@
 #include "quflow/crank_nicolson.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <exception>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -39,16 +42,20 @@ bool use_avx2() {
 template <class T>
 struct SharedData {
   Vec<T> shape, cinv_r, cinv_i;
+  int stop = 0;  // set (atomically) to abandon every block
   KernelShared<T> view;
 
-  explicit SharedData(const System<T>& s) {
+  SharedData(const System<T>& s, const typename System<T>::Bounds& bounds) {
     const Index n = s.n;
     KernelShared<T>& v = view;
     v.sys = &s;
+    v.stop = &stop;
     v.h = s.dt / T(2);
     v.two_e = T(2) / (s.dx * s.dx);
     v.he = v.h / (s.dx * s.dx);
-    v.h2e2 = v.he * v.he;
+    v.c = T(s.pivot_scale(bounds));
+    v.ch = v.c * v.h;
+    v.ch2e2 = v.c * v.he * v.he;
     v.constant = s.constant_hamiltonian();
     shape = Vec<T>::Zero(n);
     if (s.control_rows > 0) shape = Eigen::Map<const Vec<T>>(s.control_shape, n);
@@ -61,11 +68,11 @@ struct SharedData {
       cinv_i.resize(n);
       T pr = 0, pi = 0;  // 1/w_{j−1}
       for (Index j = 0; j < n; ++j) {
-        const T wr = T(1) + v.h2e2 * pr;
-        const T wi = v.h * diag[j] + v.h2e2 * pi;
-        const T den = wr * wr + wi * wi;
-        pr = wr / den;
-        pi = -wi / den;
+        const T wr = v.c + v.ch2e2 * pr;  // c·w_j, as in the kernels' pivot()
+        const T wi = v.ch * diag[j] + v.ch2e2 * pi;
+        const T inv_den = T(1) / (wr * wr + wi * wi);
+        pr = wr * inv_den * v.c;
+        pi = -wi * inv_den * v.c;
         cinv_r[j] = pr;
         cinv_i[j] = pi;
       }
@@ -98,28 +105,91 @@ struct WorkData {
   }
 };
 
-/// Runs body(first_block, last_block, thread_index) over `nt` threads, static split.
+/// Work (point-steps, batch · n · steps) below which a call runs on the calling thread
+/// without polling: a few milliseconds at the kernels' speed.
+constexpr double kPollWork = double(1 << 21);
+/// How often the calling thread asks the poll callback while workers run.
+constexpr auto kPollInterval = std::chrono::milliseconds(2);
+
+void rethrow_first(const std::vector<std::exception_ptr>& errors) {
+  for (const auto& err : errors)
+    if (err) std::rethrow_exception(err);
+}
+
+/// Runs body(first_block, last_block, t) for t = 0 … nt−1, a static split of `blocks`.
+/// Without `poll` the calling thread runs t = 0 itself; with it every t runs on a worker
+/// and the calling thread asks poll every kPollInterval until they are done (a true answer
+/// cancels the call: Cancelled). A worker's exception, a cancel, or a worker thread that
+/// cannot be started sets *stop, which the kernels read between steps; every started
+/// thread is joined before anything is thrown.
 template <class Body>
-void parallel_blocks(Index blocks, int nt, Body&& body) {
-  if (nt <= 1) {
-    body(Index(0), blocks, 0);
-    return;
-  }
+void parallel_blocks(Index blocks, int nt, const Poll* poll, int* stop, Body&& body) {
   std::vector<std::exception_ptr> errors(nt);
-  std::vector<std::thread> pool;
-  pool.reserve(nt - 1);
+  auto halt = [stop] { __atomic_store_n(stop, 1, __ATOMIC_RELAXED); };
   auto run = [&](int t) {
     try {
       body(blocks * t / nt, blocks * (t + 1) / nt, t);
     } catch (...) {
       errors[t] = std::current_exception();
+      halt();
     }
   };
-  for (int t = 1; t < nt; ++t) pool.emplace_back(run, t);
-  run(0);
-  for (auto& th : pool) th.join();
-  for (auto& err : errors)
-    if (err) std::rethrow_exception(err);
+  const int first_worker = poll ? 0 : 1;
+  if (first_worker == nt) {
+    run(0);
+    rethrow_first(errors);
+    return;
+  }
+  std::mutex mu;
+  std::condition_variable all_done;
+  int running = 0;
+  std::vector<std::thread> pool;
+  pool.reserve(nt - first_worker);
+  auto join_all = [&] {
+    for (auto& th : pool) th.join();
+  };
+  for (int t = first_worker; t < nt; ++t) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ++running;
+    }
+    try {
+      pool.emplace_back([&, t] {
+        run(t);
+        std::lock_guard<std::mutex> lock(mu);
+        if (--running == 0) all_done.notify_all();
+      });
+    } catch (const std::exception& e) {
+      halt();
+      join_all();
+      throw std::runtime_error("quflow: could not start worker thread " + std::to_string(t + 1) +
+                               " of " + std::to_string(nt) + " (" + e.what() +
+                               "); use fewer threads (torch.set_num_threads)");
+    }
+  }
+  bool cancelled = false;
+  std::exception_ptr poll_error;
+  if (!poll) {
+    run(0);
+  } else {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!all_done.wait_for(lock, kPollInterval, [&] { return running == 0; })) {
+      if (cancelled) continue;
+      lock.unlock();
+      try {
+        cancelled = (*poll)();
+      } catch (...) {
+        poll_error = std::current_exception();
+        cancelled = true;
+      }
+      lock.lock();
+      if (cancelled) halt();
+    }
+  }
+  join_all();
+  if (poll_error) std::rethrow_exception(poll_error);
+  if (cancelled) throw Cancelled();
+  rethrow_first(errors);
 }
 
 template <class T, int W>
@@ -142,13 +212,31 @@ int thread_count(Index blocks, int threads) {
   return static_cast<int>(std::max<Index>(1, std::min<Index>(threads, blocks)));
 }
 
+/// max_j |z_j| of `size` complex numbers (each |z| bounded by its larger component × √2).
+template <class T>
+double max_modulus(const std::complex<T>* z, Index size) {
+  double m = 0;
+  for (Index i = 0; i < size; ++i)
+    m = std::max({m, std::abs(double(z[i].real())), std::abs(double(z[i].imag()))});
+  return m * std::sqrt(2.0);
+}
+
+/// The poll to watch a call with, or null when the call is too short to need one.
+template <class T>
+const Poll* watch(const System<T>& sys, const Poll& poll) {
+  const double work = double(sys.batch) * double(sys.n) * double(std::max<Index>(sys.steps, 1));
+  return poll && work >= kPollWork ? &poll : nullptr;
+}
+
 template <class T, int W>
 void forward_w(const System<T>& sys, const std::complex<T>* psi0, std::complex<T>* out,
-               bool trajectory, int threads) {
-  const SharedData<T> sh(sys);
+               bool trajectory, int threads, const Poll& poll,
+               const typename System<T>::Bounds& bounds) {
+  SharedData<T> sh(sys, bounds);
   const Index blocks = (sys.batch + W - 1) / W;
   const auto kernel = forward_kernel<T, W>();
-  parallel_blocks(blocks, thread_count(blocks, threads), [&](Index first, Index last, int) {
+  parallel_blocks(blocks, thread_count(blocks, threads), watch(sys, poll), &sh.stop,
+                  [&](Index first, Index last, int) {
     WorkData<T> wk(sys.n, W);
     for (Index ib = first; ib < last; ++ib)
       kernel(sh.view, wk.view, ib * W, std::min<Index>(W, sys.batch - ib * W), psi0, out,
@@ -159,8 +247,8 @@ void forward_w(const System<T>& sys, const std::complex<T>* psi0, std::complex<T
 template <class T, int W>
 void backward_w(const System<T>& sys, const std::complex<T>* states, bool states_full,
                 const std::complex<T>* grad_out, bool grad_full, const Gradients<T>& grads,
-                int threads) {
-  const SharedData<T> sh(sys);
+                int threads, const Poll& poll, const typename System<T>::Bounds& bounds) {
+  SharedData<T> sh(sys, bounds);
   const Index n = sys.n;
   const Index blocks = (sys.batch + W - 1) / W;
   const int nt = thread_count(blocks, threads);
@@ -168,7 +256,7 @@ void backward_w(const System<T>& sys, const std::complex<T>* states, bool states
   // per-thread partial sums of the gradients shared by the whole batch
   std::vector<Vec<T>> acc_v(nt, Vec<T>::Zero(n)), acc_w(nt, Vec<T>::Zero(n));
   std::vector<Vec<T>> acc_u(nt, Vec<T>::Zero(sys.control_rows == 1 ? sys.steps : 0));
-  parallel_blocks(blocks, nt, [&](Index first, Index last, int t) {
+  parallel_blocks(blocks, nt, watch(sys, poll), &sh.stop, [&](Index first, Index last, int t) {
     WorkData<T> wk(n, W);
     for (Index ib = first; ib < last; ++ib)
       kernel(sh.view, wk.view, ib * W, std::min<Index>(W, sys.batch - ib * W), states,
@@ -207,41 +295,53 @@ const char* kernel_isa() { return use_avx2() ? "avx2" : "baseline"; }
 
 template <class T>
 void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<T>* out,
-                bool trajectory, int threads) {
-  sys.check();
+                bool trajectory, int threads, const Poll& poll) {
+  const auto bounds = sys.check();
   QUFLOW_CHECK(psi0 != nullptr && out != nullptr, "psi0 and out must not be null");
   QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
+  QUFLOW_CHECK(max_modulus(psi0, sys.batch * sys.n) <= sys.max_state(bounds),
+               "psi0: too large; the step would overflow");
+  QUFLOW_CHECK(!trajectory || (sys.steps < std::numeric_limits<Index>::max() &&
+                               size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*out))),
+               "the trajectory's size overflows");
   with_lanes<T>(sys.batch, true, [&](auto w) {
-    forward_w<T, decltype(w)::value>(sys, psi0, out, trajectory, threads);
+    forward_w<T, decltype(w)::value>(sys, psi0, out, trajectory, threads, poll, bounds);
   });
 }
 
 template <class T>
 void cn_backward(const System<T>& sys, const std::complex<T>* states, bool states_full,
                  const std::complex<T>* grad_out, bool grad_full, const Gradients<T>& grads,
-                 int threads) {
-  sys.check();
+                 int threads, const Poll& poll) {
+  const auto bounds = sys.check();
   QUFLOW_CHECK(states != nullptr && grad_out != nullptr, "states and grad_out must not be null");
   QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
   QUFLOW_CHECK(!grads.control || sys.control_rows > 0, "control gradient requested without control");
   QUFLOW_CHECK(!grads.control_shape || sys.control_rows > 0,
                "control_shape gradient requested without control");
   QUFLOW_CHECK(!grad_full || states_full, "a trajectory cotangent needs the stored states");
+  QUFLOW_CHECK(!states_full || (sys.steps < std::numeric_limits<Index>::max() &&
+                                size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*states))),
+               "the trajectory's size overflows");
+  QUFLOW_CHECK(max_modulus(grad_out, sys.batch * sys.n * (grad_full ? sys.steps + 1 : 1)) <=
+                   sys.max_state(bounds),
+               "grad_out: too large; the adjoint step would overflow");
   // the adjoint of a constant H is faster with one register per point
   with_lanes<T>(sys.batch, !sys.constant_hamiltonian(), [&](auto w) {
     backward_w<T, decltype(w)::value>(sys, states, states_full, grad_out, grad_full, grads,
-                                      threads);
+                                      threads, poll, bounds);
   });
 }
 
 template void cn_forward<float>(const System<float>&, const std::complex<float>*,
-                                std::complex<float>*, bool, int);
+                                std::complex<float>*, bool, int, const Poll&);
 template void cn_forward<double>(const System<double>&, const std::complex<double>*,
-                                 std::complex<double>*, bool, int);
+                                 std::complex<double>*, bool, int, const Poll&);
 template void cn_backward<float>(const System<float>&, const std::complex<float>*, bool,
-                                 const std::complex<float>*, bool, const Gradients<float>&, int);
+                                 const std::complex<float>*, bool, const Gradients<float>&, int,
+                                 const Poll&);
 template void cn_backward<double>(const System<double>&, const std::complex<double>*, bool,
                                   const std::complex<double>*, bool, const Gradients<double>&,
-                                  int);
+                                  int, const Poll&);
 
 }  // namespace quflow

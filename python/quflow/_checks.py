@@ -19,6 +19,8 @@ def tensor(name: str, x: object) -> torch.Tensor:
     """``x`` must be a CPU ``torch.Tensor`` with finite values."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.is_nested:
+        raise TypeError(f"{name}: expected a dense (strided) tensor, got a nested tensor")
     if x.device.type != "cpu":
         raise ValueError(f"{name}: quflow's simulator runs on the CPU, got a tensor on "
                          f"{x.device}; move it with .cpu()")
@@ -86,11 +88,16 @@ def complex_of(dtype: torch.dtype) -> torch.dtype:
 
 
 def as_core_array(x: torch.Tensor | None):
-    """C-contiguous numpy view of a resolved tensor (no conj/neg bits), or None."""
+    """C-contiguous, aligned numpy view of a resolved tensor (no conj/neg bits), or None.
+
+    A tensor over a misaligned buffer (``torch.frombuffer`` at an odd offset) is copied:
+    the C++ binding refuses misaligned arrays.
+    """
     if x is None:
         return None
     try:
-        return x.detach().resolve_conj().resolve_neg().contiguous().numpy()
+        array = x.detach().resolve_conj().resolve_neg().contiguous().numpy()
+        return array if array.flags.aligned else array.copy()
     except RuntimeError as exc:  # functorch wrappers have no storage to hand over
         raise RuntimeError("quflow's C++ ops do not support torch.func transforms "
                            "(grad, vmap, jacrev); use torch.autograd.grad or .backward() "

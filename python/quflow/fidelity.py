@@ -6,6 +6,8 @@ Differentiable Quantum Simulators" (ICML 2023 workshop).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -31,7 +33,7 @@ def to_complex(y: torch.Tensor) -> torch.Tensor:
         tensor([1.+3.j, 2.+4.j])
     """
     y = _checks.tensor("y", y)
-    if not y.dtype.is_floating_point:
+    if y.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"y: expected a real float32 or float64 tensor, got {y.dtype}")
     if y.ndim == 0 or y.shape[-1] % 2:
         raise ValueError(f"y: the last dimension must be even (2n: real parts, then imaginary "
@@ -55,35 +57,48 @@ def to_real(psi: torch.Tensor) -> torch.Tensor:
         tensor([1., 2., 3., 4.])
     """
     psi = _checks.tensor("psi", psi)
-    if not psi.is_complex():
-        raise TypeError(f"psi: expected a complex tensor, got {psi.dtype}")
+    if psi.dtype not in (torch.complex64, torch.complex128):
+        raise TypeError(f"psi: expected a complex64 or complex128 tensor, got {psi.dtype}")
     if psi.ndim == 0:
         raise ValueError("psi: expected at least one dimension (..., n)")
     return torch.cat([psi.real, psi.imag], dim=-1)
 
 
+def _unit(x: torch.Tensor):
+    """Per sample ``x/‖x‖`` with ``‖x‖ = m·r``, never squaring ``x`` itself: ``x`` is first
+    divided by its largest modulus ``m`` (detached, as ``x/‖x‖`` does not depend on it), so
+    ``r = ‖x/m‖ ∈ [1, √n]``. Returns ``(x̂, m, r)``; ``m = 0`` only for a zero sample."""
+    m = x.detach().abs().amax(-1, keepdim=True)
+    y = x / torch.where(m > 0, m, 1)
+    r = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+    return y / torch.where(r > 0, r, 1), m, r
+
+
 class _Fidelity(torch.autograd.Function):
-    """Per-sample L_i = 1 − |⟨t_i, p_i⟩|²/(‖p_i‖²‖t_i‖²) with a mode-dependent backward.
+    """Per-sample L_i = 1 − |⟨t̂_i, p̂_i⟩|² with a mode-dependent backward.
 
     p, t: complex (..., n) of one shape and dtype. Returns L: real (...).
-    Backward, with s = ⟨t, p⟩ = Σ conj(t)·p, a = ‖p‖², b = ‖t‖², g = ∂(loss)/∂L_i:
-      standard  ∂p = −2g (s·a·t − |s|²·p)/(a²b),      ∂t = −2g (s̄·b·p − |s|²·t)/(b²a)
-      modified  ∂p = −2g φ (a·t − s̄·p)/(a^{3/2}b^{1/2}), ∂t = −2g φ̄ (b·p − s·t)/(b^{3/2}a^{1/2}),
-                φ = s/|s|, and φ = 1 where s = 0  (= standard/√(1 − L_i) wherever s ≠ 0)
-      l2        ∂p = g (p − t),                       ∂t = g (t − p)
-    (PyTorch's convention: ∂ = ∂/∂Re + i·∂/∂Im.) The backward is written in torch ops, so
-    "standard" is differentiable again.
+    Everything is computed on the unit vectors p̂ = p/‖p‖, t̂ = t/‖t‖ (see _unit), so value
+    and gradients are right for any finite non-zero scale of p and t. With ŝ = ⟨t̂, p̂⟩ and
+    g = ∂(loss)/∂L_i:
+      standard  ∂p = −2g (ŝ·t̂ − |ŝ|²·p̂)/‖p‖,      ∂t = −2g (ŝ̄·p̂ − |ŝ|²·t̂)/‖t‖
+      modified  ∂p = −2g φ (t̂ − ŝ̄·p̂)/‖p‖,        ∂t = −2g φ̄ (p̂ − ŝ·t̂)/‖t‖,
+                φ = ŝ/|ŝ| = exp(i·atan2(Im ŝ, Re ŝ)), so φ = 1 where ŝ = 0 (and no division
+                by a subnormal |ŝ|); = standard/√(1 − L_i) wherever ŝ ≠ 0
+      l2        ∂p = g (p − t),                     ∂t = g (t − p)
+    (PyTorch's convention: ∂ = ∂/∂Re + i·∂/∂Im.) These are the unnormalised formulas
+    (s = ⟨t, p⟩, a = ‖p‖², b = ‖t‖²: ∂p = −2g (s·a·t − |s|²·p)/(a²b), …) with the norms
+    divided out. The backward is written in torch ops, so "standard" is differentiable again.
     """
 
     @staticmethod
     def forward(p, t, mode):
-        s = (t.conj() * p).sum(-1)
-        a = p.abs().square().sum(-1)
-        b = t.abs().square().sum(-1)
-        for name, norm in (("pred", a), ("target", b)):
-            if bool((norm == 0).any()):
+        p_hat, mp, _ = _unit(p)
+        t_hat, mt, _ = _unit(t)
+        for name, m in (("pred", mp), ("target", mt)):
+            if bool((m == 0).any()):
                 raise ValueError(f"{name}: a sample has zero norm; the fidelity is undefined")
-        return 1 - s.abs().square() / (a * b)
+        return 1 - (t_hat.conj() * p_hat).sum(-1).abs().square()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -99,20 +114,17 @@ class _Fidelity(torch.autograd.Function):
         if ctx.mode == "l2":
             d = p - t
             return (g * d if need_p else None), (-g * d if need_t else None), None
-        s = (t.conj() * p).sum(-1, keepdim=True)
-        a = p.abs().square().sum(-1, keepdim=True)
-        b = t.abs().square().sum(-1, keepdim=True)
+        p_hat, mp, rp = _unit(p)
+        t_hat, mt, rt = _unit(t)
+        s = (t_hat.conj() * p_hat).sum(-1, keepdim=True)
         if ctx.mode == "standard":
             s2 = s.abs().square()
-            gp = -2 * g * (s * a * t - s2 * p) / (a.square() * b) if need_p else None
-            gt = -2 * g * (s.conj() * b * p - s2 * t) / (b.square() * a) if need_t else None
+            gp = -2 * g * (s * t_hat - s2 * p_hat) / mp / rp if need_p else None
+            gt = -2 * g * (s.conj() * p_hat - s2 * t_hat) / mt / rt if need_t else None
             return gp, gt, None
-        mag = s.abs()
-        phase = torch.where(mag > 0, s / torch.where(mag > 0, mag, 1), torch.ones_like(s))
-        gp = (-2 * g * phase * (a * t - s.conj() * p) / (a.pow(1.5) * b.sqrt())
-              if need_p else None)
-        gt = (-2 * g * phase.conj() * (b * p - s * t) / (b.pow(1.5) * a.sqrt())
-              if need_t else None)
+        phase = torch.polar(torch.ones_like(s.real), torch.atan2(s.imag, s.real))
+        gp = -2 * g * phase * (t_hat - s.conj() * p_hat) / mp / rp if need_p else None
+        gt = -2 * g * phase.conj() * (p_hat - s * t_hat) / mt / rt if need_t else None
         return gp, gt, None
 
 
@@ -125,18 +137,18 @@ def _check_options(gradient: str, reduction: str) -> None:
 
 def _as_state(name: str, x: object) -> torch.Tensor:
     x = _checks.tensor(name, x)
+    if x.dtype not in (torch.complex64, torch.complex128, torch.float32, torch.float64):
+        raise TypeError(f"{name}: expected a complex64/complex128 tensor or a real "
+                        f"float32/float64 tensor in the to_real layout, got {x.dtype}")
     if x.is_complex():
         if x.ndim == 0:
             raise ValueError(f"{name}: expected shape (..., n), got a 0-d tensor")
         out = x
-    elif x.dtype.is_floating_point:
+    else:
         if x.ndim == 0 or x.shape[-1] % 2:
             raise ValueError(f"{name}: a real {name} must have an even last dimension 2n "
                              f"(the to_real layout [Re ψ, Im ψ]), got shape {tuple(x.shape)}")
         out = _split(x)
-    else:
-        raise TypeError(f"{name}: expected a complex tensor or a real float tensor in the "
-                        f"to_real layout, got {x.dtype}")
     if out.shape[-1] < 1:
         raise ValueError(f"{name}: the state has no components (n = 0)")
     _checks.finite(name, x)
@@ -203,6 +215,9 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "
     except RuntimeError:
         raise ValueError(f"pred and target: batch shapes {tuple(p.shape[:-1])} and "
                          f"{tuple(t.shape[:-1])} do not broadcast") from None
+    if reduction == "mean" and math.prod(batch) == 0:
+        raise ValueError(f"pred: the batch is empty (batch shape {tuple(batch)}); the mean "
+                         f"over no samples is undefined (reduction='sum' gives 0)")
     dtype = torch.promote_types(p.dtype, t.dtype)
     shape = (*batch, p.shape[-1])
     p, t = p.to(dtype).expand(shape), t.to(dtype).expand(shape)

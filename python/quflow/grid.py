@@ -24,7 +24,8 @@ class Grid:
 
     Args:
         n: number of interior points, ``n >= 1``.
-        length: box length ``L > 0``.
+        length: box length ``L > 0``, with ``dx = L/(n+1) >= 1.5e-154`` (so that the
+            eigenvalues ``~ 1/dx²`` are finite in float64).
 
     Example:
         >>> grid = Grid(n=20, length=2.0)
@@ -36,6 +37,9 @@ class Grid:
         self.n = _checks.count("n", n, minimum=1)
         self.length = _checks.positive_float("length", length)
         self.dx = self.length / (self.n + 1)
+        if not math.isfinite(4.0 / self.dx / self.dx):
+            raise ValueError(f"length: the spacing dx = length/(n+1) = {self.dx:.3g} is so "
+                             f"small that 4/dx² overflows float64 (dx must be >= 1.5e-154)")
 
     @property
     def x(self) -> torch.Tensor:
@@ -45,7 +49,7 @@ class Grid:
     def eigenvalues(self, count: int | None = None) -> torch.Tensor:
         """Eigenvalues ``E_1 < … < E_count`` of the discrete ``−∂x²``, float64 ``(count,)``."""
         m = torch.arange(1, self._count(count) + 1, dtype=torch.float64)
-        return (4.0 / self.dx**2) * torch.sin(m * math.pi / (2 * (self.n + 1))) ** 2
+        return (4.0 / self.dx / self.dx) * torch.sin(m * math.pi / (2 * (self.n + 1))) ** 2
 
     def eigenstates(self, count: int | None = None,
                     dtype: torch.dtype = torch.complex128) -> torch.Tensor:

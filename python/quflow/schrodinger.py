@@ -12,6 +12,7 @@ from . import _checks, _core
 __all__ = ["crank_nicolson"]
 
 _ADJOINT_MODES = ("reverse", "store")
+_MAX_STEPS = 2**63 - 2  # steps + 1 states must still be counted in 64 bits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,8 @@ class _CrankNicolson(torch.autograd.Function):
         result, states = output
         ctx.cfg = cfg
         ctx.mark_non_differentiable(states)
+        # no zero cotangent the size of the stored states for the non-differentiable output
+        ctx.set_materialize_grads(False)
         kept = result if (cfg.trajectory or not cfg.store) else states
         ctx.save_for_backward(kept, potential, control, control_shape)
 
@@ -63,6 +66,8 @@ class _CrankNicolson(torch.autograd.Function):
         states, potential, control, control_shape = ctx.saved_tensors
         cfg: _Config = ctx.cfg
         need = ctx.needs_input_grad
+        if grad_result is None:  # the result was not used: no gradient flows
+            return None, None, None, None, None
         _, backward = _kernels(states.dtype)
         a = _checks.as_core_array
         grads = backward(a(states), a(grad_result), a(potential), a(control), a(control_shape),
@@ -93,8 +98,22 @@ def crank_nicolson(
 
     where ``u_k`` is the control value of step ``k`` (piecewise constant). The step is a
     Cayley transform of a real symmetric ``H_k``, hence unitary: ``‖ψ‖`` is conserved to
-    round-off, for any ``dt`` (the scheme is unconditionally stable, but its phase error
-    grows with ``dt·E``).
+    round-off for every ``dt`` in the valid range below (the scheme is unconditionally
+    stable, but its phase error grows with ``dt·E``).
+
+    Valid range: with ``h = dt/2``, ``e = 1/dx²`` and ``d = 2e + V + u·W`` (the diagonal
+    of ``H_k``): ``h·e ≤ 2^58 ≈ 2.9e17`` in float (complex64) and ``2^506 ≈ 2.6e152`` in
+    double (complex128); ``h·max|d| ≲ 2^60·max(1, h·e)`` (float) or
+    ``2^508·max(1, h·e)`` (double); and ``2e + max|V| + max|u|·max|W|`` at most the largest
+    float / 256. E.g. ``dt = 0.2`` needs ``dx ≳ 6e-10`` in float and ``dx ≳ 2e-77`` in
+    double. Beyond it the tridiagonal pivots would overflow (they are formed scaled by a
+    power of two when ``h·e`` is large), so a ``ValueError`` names the argument and the
+    limit. The elimination does not pivot: where ``V`` cancels ``2e`` next to points with
+    ``h·|V| ≫ 1``, round-off grows with ``h·e`` (norm drift up to ``O(1)`` for such
+    adversarial potentials at ``h·e ≳ 1e6`` in float, ``≳ 1e14`` in double). States
+    (and, in backward, cotangents) must leave ``(I − i·h·H)ψ`` finite: components up to
+    ``max_float / (16·√n·(1 + h·max|d| + 2h·e))`` (``~2e35`` in float for ``n = 20``,
+    ``dt = 0.2``, ``dx = 0.1``); the map is linear, so rescale larger ones.
 
     The op is differentiable with respect to ``psi0``, ``potential``, ``control`` and
     ``control_shape`` (whichever require grad), in PyTorch's complex convention, through a
@@ -118,8 +137,8 @@ def crank_nicolson(
         adjoint: how backward obtains the intermediate states. ``"reverse"`` (default)
             rebuilds them backwards by inverting each step, so backprop memory does not
             grow with ``steps``; ``"store"`` keeps the forward states (``steps+1`` states
-            per sample) and avoids the rebuild. Both give the same gradients up to
-            round-off. With ``trajectory=True`` the returned states are used.
+            per sample, held once) and avoids the rebuild. Both give the same gradients
+            up to round-off. With ``trajectory=True`` the returned states are used.
 
     Returns:
         ``(batch, n)`` final states, or ``(batch, steps+1, n)`` with ``trajectory=True``;
@@ -127,10 +146,16 @@ def crank_nicolson(
         (after promotion).
 
     Raises:
-        TypeError: a non-tensor, integer or complex potential/control, or mixed precision.
+        TypeError: a non-tensor, an integer, half, bfloat16 or complex32 tensor, a complex
+            potential/control, mixed precision, or a sparse or nested tensor.
         ValueError: wrong shapes, grid sizes that differ, a batch that does not match,
-            NaN/Inf, ``dt <= 0``, ``dx <= 0``, a missing or negative step count, a tensor
+            NaN/Inf, ``dt <= 0``, ``dx <= 0``, a missing, negative or too large step
+            count, a control of length 0, inputs outside the valid range above, a tensor
             that is not on the CPU, or an unknown ``adjoint``.
+        RuntimeError: worker threads could not be started (the started ones are joined).
+        KeyboardInterrupt: Ctrl-C during a long call: the C++ loop checks for pending
+            signals every ~2 ms (calls above ~2M point-steps) and stops; inputs are
+            untouched and no result is returned.
 
     Notes:
         Batches are split into blocks of SIMD lanes and spread over
@@ -179,6 +204,8 @@ def crank_nicolson(
         if steps is None:
             raise ValueError("steps: required when no control is given")
         steps = _checks.count("steps", steps)
+        if steps > _MAX_STEPS:
+            raise ValueError(f"steps: expected at most {_MAX_STEPS} (a 64-bit count), got {steps}")
     else:
         control = _checks.real_tensor("control", control, real, (1, 2))
         if control_shape is None:
@@ -188,6 +215,9 @@ def crank_nicolson(
             raise ValueError(f"control_shape: has {control_shape.shape[0]} grid points, "
                              f"psi0 has {n}")
         length = control.shape[-1]
+        if length == 0:
+            raise ValueError(f"control: has no time steps (shape {tuple(control.shape)}); "
+                             f"for no propagation pass steps=0 without a control")
         if steps is not None and _checks.count("steps", steps) != length:
             raise ValueError(f"steps: {steps} differs from the control's length {length}")
         steps = length

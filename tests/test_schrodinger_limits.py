@@ -1,0 +1,187 @@
+"""crank_nicolson at the edges of the machine: threads that cannot start, Ctrl-C during a
+long call, the memory of adjoint="store", and the valid range of dt, dx and V (issue 12).
+
+The process-level cases run in a fresh interpreter so that an abort or a lowered
+resource limit cannot take the test session down with it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import quflow
+from conftest import REAL, dense_crank_nicolson
+
+HERE = os.path.dirname(__file__)
+SANITIZED = bool(os.environ.get("QUFLOW_SANITIZE"))
+
+
+def _python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=HERE,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(SANITIZED, reason="ASan's shadow memory does not run under RLIMIT_AS")
+def test_worker_threads_that_cannot_start_raise_runtime_error():
+    done = _python("""
+        import resource, numpy as np
+        from quflow import _core
+        psi = np.ones((4096, 8), np.complex128)
+        V = np.zeros((1, 8))
+        # room for a few thread stacks (8 MB each) beyond what is mapped now, not for 512
+        vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize"))
+        resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (64 << 20),) * 2)
+        for fn in (lambda: _core.forward_c128(psi, V, dt=0.1, dx=0.1, steps=50, threads=1000),
+                   lambda: _core.backward_c128(psi, psi, V, dt=0.1, dx=0.1, steps=50,
+                                               threads=1000)):
+            try:
+                fn()
+                print("no error")
+            except RuntimeError as exc:
+                print("RuntimeError:", exc)
+        out = _core.forward_c128(psi[:8], V, dt=0.1, dx=0.1, steps=50, threads=1)
+        print("after:", bool(np.isfinite(out).all()))
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and lines[2] == "after: True", done.stdout
+    for line in lines[:2]:
+        assert line.startswith("RuntimeError: quflow: could not start worker thread"), line
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_a_long_call_stops_on_ctrl_c_and_leaves_nothing_behind(direction):
+    done = _python(f"""
+        import os, signal, threading, torch, quflow
+        torch.set_num_threads(2)
+        grid = quflow.Grid(16, 2.0)
+        psi = quflow.random_states(grid, 12, seed=0).requires_grad_()
+        V = torch.zeros(16, dtype=torch.float64, requires_grad=True)
+        before = psi.detach().clone()
+        ref = quflow.crank_nicolson(psi, V, dt=0.1, dx=grid.dx, steps=20)
+        (g_ref,) = torch.autograd.grad(ref.abs().pow(2).mul(grid.x).sum(), V)
+        states = psi.detach().numpy()  # the adjoint sweep on its own, through the binding
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        try:  # without the interrupt neither call would end before the subprocess timeout
+            if "{direction}" == "forward":
+                quflow.crank_nicolson(psi, V, dt=0.1, dx=grid.dx, steps=10**12)
+            else:
+                quflow._core.backward_c128(states, states, V.detach().numpy()[None], dt=0.1,
+                                           dx=grid.dx, steps=10**12, need_potential=True,
+                                           threads=2)
+            print("finished")
+        except KeyboardInterrupt:
+            print("interrupted")
+        assert torch.equal(psi.detach(), before)
+        again = quflow.crank_nicolson(psi, V, dt=0.1, dx=grid.dx, steps=20)
+        (g,) = torch.autograd.grad(again.abs().pow(2).mul(grid.x).sum(), V)
+        print("same", torch.equal(again, ref) and torch.equal(g, g_ref))
+    """, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["interrupted", "same", "True"], done.stdout
+
+
+def test_store_mode_keeps_one_copy_of_the_states():
+    """adjoint="store" keeps (B, T+1, n) states; backward must not materialise a second,
+    zero, cotangent of that size for the non-differentiable stored output."""
+    done = _python("""
+        import resource, torch, quflow
+        torch.set_num_threads(1)
+        B, n, T = 64, 20, 4000
+        grid = quflow.Grid(n, 2.0)
+        psi = quflow.random_states(grid, B, seed=0)
+        u = torch.randn(B, T, dtype=torch.float64, requires_grad=True)
+        for _ in range(2):  # warm up allocator and code paths at a small size
+            out = quflow.crank_nicolson(psi, dt=0.2, dx=grid.dx, control=u[:, :50],
+                                        control_shape=grid.x, adjoint="store")
+            out.abs().pow(2).mul(grid.x).sum().backward()
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out = quflow.crank_nicolson(psi, dt=0.2, dx=grid.dx, control=u, control_shape=grid.x,
+                                    adjoint="store")
+        out.abs().pow(2).mul(grid.x).sum().backward()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print((peak - base) / (B * (T + 1) * n * 16))
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ratio = float(done.stdout.split()[-1])
+    assert ratio < 1.5, f"peak memory = {ratio:.2f} × the stored states"
+
+
+# ---------------------------------------------------------------- the valid range of inputs
+
+@pytest.mark.parametrize("cdtype,dx,vmax", [
+    (torch.complex128, 1e-37, 1e150), (torch.complex64, 1e-4, 1e17),
+    (torch.complex128, 1e-3, 1e100), (torch.complex64, 3e-5, 1e16),
+    # pivots formed scaled (dt/(2dx²) up to 1e17 in float, 1e150 in double)
+    (torch.complex64, 1e-8, 1e20), (torch.complex64, 6e-10, 0.0),
+    (torch.complex128, 3e-77, 1e100), (torch.complex128, 1e-60, 1e160),
+])
+def test_inputs_inside_the_range_give_unitary_steps(cdtype, dx, vmax):
+    """Near the documented limits the result is finite and the norm is kept."""
+    n, dt = 12, 0.2
+    psi = quflow.random_states(quflow.Grid(n), 5, seed=1, dtype=cdtype)
+    V = (vmax * torch.linspace(-1, 1, n, dtype=torch.float64)).to(REAL[cdtype])
+    out = quflow.crank_nicolson(psi, V, dt=dt, dx=dx, steps=20)
+    norms = torch.linalg.vector_norm(out.to(torch.complex128), dim=-1)
+    tol = 1e-10 if cdtype == torch.complex128 else 1e-3
+    assert torch.isfinite(out).all() and (norms - 1).abs().max() < tol
+
+
+def test_tiny_steps_and_wide_grids_are_fine():
+    psi = quflow.random_states(quflow.Grid(6), 3, seed=2)
+    for dt, dx in ((1e-300, 0.1), (0.1, 1e200), (1e-250, 1e-60)):
+        out = quflow.crank_nicolson(psi, dt=dt, dx=dx, steps=5)
+        ref = dense_crank_nicolson(psi, torch.zeros(6, dtype=torch.float64), dt, dx, 5) \
+            if dx < 1e100 else psi
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_long_calls_run_on_watched_workers_with_the_same_results(threads):
+    """Calls above ~2M point-steps run on worker threads while the caller polls for
+    signals; they agree with short (unwatched) calls on the same states."""
+    grid = quflow.Grid(64, 2.0)
+    psi = quflow.random_states(grid, 40, seed=3)
+    u = torch.randn(40, 1000, dtype=torch.float64, requires_grad=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = quflow.crank_nicolson(psi, dt=0.2, dx=grid.dx, control=u, control_shape=grid.x)
+        (g,) = torch.autograd.grad(out.abs().pow(2).mul(grid.x).sum(), u)
+    finally:
+        torch.set_num_threads(before)
+    for b in (0, 17, 39):  # one state each: 64k point-steps, run inline
+        one = quflow.crank_nicolson(psi[b:b + 1], dt=0.2, dx=grid.dx, control=u[b:b + 1],
+                                    control_shape=grid.x)
+        (g1,) = torch.autograd.grad(one.abs().pow(2).mul(grid.x).sum(), u)
+        torch.testing.assert_close(one[0], out[b], atol=1e-12, rtol=0)
+        torch.testing.assert_close(g1[b], g[b], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("cdtype,dx", [(torch.complex64, 1e-6), (torch.complex128, 1e-40)])
+def test_scaled_pivots_match_the_dense_reference(cdtype, dx):
+    """dt/(2·dx²) beyond the unscaled range (1e11 in float, 1e78 in double): the pivots are
+    formed scaled; values and gradients still equal the dense float64 reference."""
+    n, dt, steps = 6, 0.2, 4
+    gen = torch.Generator().manual_seed(5)
+    real = REAL[cdtype]
+    psi = quflow.random_states(quflow.Grid(n), 3, generator=gen, dtype=cdtype)
+    u = torch.randn(3, steps, dtype=torch.float64, generator=gen).to(real).requires_grad_()
+    W = torch.linspace(0, 1, n, dtype=torch.float64).to(real)
+    out = quflow.crank_nicolson(psi, dt=dt, dx=dx, control=u, control_shape=W)
+    ref_u = u.detach().double().requires_grad_()
+    ref = dense_crank_nicolson(psi.to(torch.complex128), torch.zeros(n, dtype=torch.float64),
+                               dt, dx, steps, ref_u, W.double())
+    tol = 1e-4 if cdtype == torch.complex64 else 1e-12
+    torch.testing.assert_close(out.to(torch.complex128), ref, atol=tol, rtol=0)
+    (g,) = torch.autograd.grad(out.abs().pow(2).mul(W).sum(), u)
+    (g_ref,) = torch.autograd.grad(ref.abs().pow(2).mul(W.double()).sum(), ref_u)
+    torch.testing.assert_close(g.double(), g_ref, atol=tol * max(1.0, g_ref.abs().max().item()),
+                               rtol=0)
