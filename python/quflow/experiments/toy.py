@@ -6,9 +6,9 @@ angle, ``θ ← θ − η·G(θ)``, with each gradient flow of :func:`quflow.fid
 back through ``v(θ)`` (``G = ⟨g_v, ∂v/∂θ⟩`` for the flow's gradient ``g_v`` with respect to
 ``v``):
 
-* standard  ``G = dL/dθ = sin 2θ``                         (eq. 3)
-* L2        ``G = d/dθ ½‖v(θ) − w‖² = sin θ``              (eq. 4)
-* modified  ``G = (dL/dθ)/√(1 − L) = 2·sin θ·sign(cos θ)``  (eq. 5)
+* standard  ``G = dL/dθ = sin 2θ``
+* L2        ``G = d/dθ ½‖v(θ) − w‖² = sin θ``
+* modified  ``G = (dL/dθ)/√(1 − L) = 2·sin θ·sign(cos θ)``
 
 ``v`` stays on the unit circle. Started at ``θ₀ = π/2 − δ`` (almost orthogonal to
 ``w``, next to the loss maximum), the standard gradient ``≈ 2δ`` nearly vanishes, so it
