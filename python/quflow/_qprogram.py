@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -41,15 +41,33 @@ _IGNORED = frozenset({"GlobalPhase", "Barrier", "Snapshot"})
 _MAX_DEPTH = 32
 
 
+MATRIX = "QubitUnitary"  # gate name of a fixed matrix (ops given only by a matrix)
+
+
 @dataclass(frozen=True)
 class Gate:
     """One gate of a program: lightning method name, device wires, inverse flag,
-    and the angle column (−1 for a gate without parameter)."""
+    and the angle column (−1 for a gate without parameter). A fixed-matrix gate
+    (name ``MATRIX``) carries its ``(2**k, 2**k)`` complex128 matrix, compared by content."""
 
     name: str
     wires: tuple[int, ...]
     inverse: bool
     column: int
+    digest: bytes = b""
+    matrix: Any = field(default=None, compare=False, hash=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How one returned measurement is computed from the raw expectation values ``e``
+    (the program's outputs): ``"expval"``: ``e_i``; ``"var"``: ``e_j − e_i²`` with
+    ``O_j = O_i²``; ``"probs"``: ``p_k = 2^{-m} (1 + Σ_S (−1)^{|k ∧ S|} e_S)`` over the
+    non-empty subsets ``S`` of the ``m`` wires (``e_S = ⟨Π_{w∈S} Z_w⟩``), bit ``m−1−i`` of
+    ``k`` and ``S`` for the ``i``-th wire (PennyLane's order)."""
+
+    kind: str
+    raw: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -58,7 +76,8 @@ class Program:
 
     ``terms[m]`` lists ``(coefficient, ((wire, "X"|"Y"|"Z"), ...))`` of measurement
     ``m``; ``matrices[m]`` holds ``(matrix, wires)`` for an observable without a
-    Pauli representation (then ``terms[m]`` is empty).
+    Pauli representation (then ``terms[m]`` is empty). These are the *raw* expectation
+    values; ``readout`` maps them to the returned measurements (expval, var, probs).
     """
 
     n_wires: int
@@ -66,6 +85,8 @@ class Program:
     terms: tuple[tuple[tuple[float, tuple[tuple[int, str], ...]], ...], ...]
     matrices: tuple[Any, ...]
     single_output: bool
+    readout: tuple[Readout, ...] = ()
+    labels: tuple = field(default=(), compare=False)
 
     @property
     def n_outputs(self) -> int:
@@ -80,7 +101,43 @@ class Program:
         mats = tuple(
             None if m is None else (m[0].tobytes(), m[1]) for m in self.matrices
         )
-        return (self.n_wires, self.gates, self.terms, mats)
+        return (self.n_wires, self.gates, self.terms, mats, self.readout)
+
+    @property
+    def plain(self) -> bool:
+        """Every returned measurement is one raw expectation value, in order."""
+        return all(r.kind == "expval" and r.raw == (i,) for i, r in enumerate(self.readout))
+
+    def read(self, raw: torch.Tensor) -> torch.Tensor:
+        """The returned measurements ``(B, O)`` from raw expectation values ``(B, R)``
+        (differentiable torch ops, so derivatives of every order stay exact)."""
+        if self.plain:
+            return raw
+        blocks = []
+        for r in self.readout:
+            if r.kind == "expval":
+                blocks.append(raw[:, r.raw[0] : r.raw[0] + 1])
+            elif r.kind == "var":
+                blocks.append(raw[:, r.raw[1] : r.raw[1] + 1] - raw[:, r.raw[0] : r.raw[0] + 1] ** 2)
+            else:
+                m = (len(r.raw) + 1).bit_length() - 1
+                blocks.append((1.0 + raw[:, list(r.raw)] @ _subset_signs(m).to(raw.dtype)) / 2**m)
+        return torch.cat(blocks, dim=1)
+
+
+def _subset_signs(m: int) -> torch.Tensor:
+    """``(2^m − 1, 2^m)``: ``(−1)^{popcount(S & k)}`` for subsets ``S = 1 … 2^m−1``."""
+    s = torch.arange(1, 2**m)[:, None]
+    k = torch.arange(2**m)[None, :]
+    parity = torch.zeros(s.shape[0], k.shape[1], dtype=torch.int64)
+    both = s & k
+    for bit in range(m):
+        parity ^= (both >> bit) & 1
+    return (1 - 2 * parity).to(torch.float64)
+
+
+def _trainable(op: Any) -> bool:
+    return any(isinstance(p, torch.Tensor) and p.requires_grad for p in op.data)
 
 
 def _expand(op: Any, out: list, depth: int = 0) -> None:
@@ -94,19 +151,38 @@ def _expand(op: Any, out: list, depth: int = 0) -> None:
     if name.startswith("Adjoint(") and base is not None and base.name in _FIXED_GATES:
         out.append((base, True))
         return
+    # an operation given by a matrix (QubitUnitary, custom ops with compute_matrix):
+    # applied as that matrix when nothing in it is differentiated
+    matrix_only = name == "QubitUnitary" or not op.has_decomposition
+    if matrix_only and op.has_matrix and not _trainable(op):
+        if getattr(op, "batch_size", None) is not None:
+            raise ValueError(
+                f"QuantumLayer: operation {name} on wires {list(op.wires)} has a batch of "
+                "matrices; give it one matrix per call (index the inputs per sample)"
+            )
+        out.append((op, "matrix"))
+        return
     if depth >= _MAX_DEPTH or not op.has_decomposition:
+        trainable = (
+            " Its matrix depends on differentiated inputs or weights, and an operation given "
+            "only by a matrix has no exact derivative rule here; decompose it into rotations."
+            if op.has_matrix else ""
+        )
         raise ValueError(
             f"QuantumLayer: operation {name} on wires {list(op.wires)} has no "
             f"decomposition into the supported gates ({sorted(_PARAM_GATES)} with "
-            f"parameters, {sorted(_FIXED_GATES)} without)"
+            f"parameters, {sorted(_FIXED_GATES)} without, or a fixed matrix).{trainable}"
         )
     for sub in op.decomposition():
         _expand(sub, out, depth + 1)
 
 
-def _observable_terms(obs: Any, wire_index: dict) -> tuple[tuple, Any]:
+def _observable_terms(obs: Any, wire_index: dict, square: bool = False) -> tuple[tuple, Any]:
+    """Pauli terms of ``obs`` (or of ``obs²``), or its matrix if it has no Pauli form."""
     rep = obs.pauli_rep
     if rep is not None:
+        if square:
+            rep = rep @ rep
         terms = []
         for word, coeff in rep.items():
             if isinstance(coeff, torch.Tensor) and coeff.requires_grad:
@@ -117,6 +193,8 @@ def _observable_terms(obs: Any, wire_index: dict) -> tuple[tuple, Any]:
             c = complex(coeff)
             if abs(c.imag) > 1e-12:
                 raise ValueError(f"QuantumLayer: observable {obs} is not Hermitian")
+            if abs(c) < 1e-15:
+                continue
             paulis = tuple(sorted((wire_index[w], p) for w, p in dict(word).items()))
             terms.append((float(c.real), paulis))
         return tuple(terms), None
@@ -126,11 +204,61 @@ def _observable_terms(obs: Any, wire_index: dict) -> tuple[tuple, Any]:
     return (), (matrix, tuple(wire_index[w] for w in obs.wires))
 
 
+def _wire_labels(tape: Any) -> list:
+    labels = list(tape.wires)
+    try:
+        return sorted(labels)
+    except TypeError:
+        return labels
+
+
+def _raw_index(raw: dict, terms: tuple, matrix: Any) -> int:
+    key = (terms, None if matrix is None else (matrix[0].tobytes(), matrix[1]))
+    if key not in raw:
+        raw[key] = (len(raw), terms, matrix)
+    return raw[key][0]
+
+
+def _readout(mp: Any, wire_index: dict, raw: dict) -> Readout:
+    """Raw expectation values of one measurement (see :class:`Readout`)."""
+    if isinstance(mp, qml.measurements.ExpectationMP) and mp.obs is not None:
+        t, m = _observable_terms(mp.obs, wire_index)
+        return Readout("expval", (_raw_index(raw, t, m),))
+    if isinstance(mp, qml.measurements.VarianceMP) and mp.obs is not None:
+        t, m = _observable_terms(mp.obs, wire_index)
+        if m is None:
+            t2, m2 = _observable_terms(mp.obs, wire_index, square=True)
+        else:
+            t2, m2 = (), (np.ascontiguousarray(m[0] @ m[0]), m[1])
+        return Readout("var", (_raw_index(raw, t, m), _raw_index(raw, t2, m2)))
+    if isinstance(mp, qml.measurements.ProbabilityMP) and mp.mv is None:
+        if mp.obs is not None and mp.obs.diagonalizing_gates():
+            raise ValueError(
+                f"QuantumLayer: {mp} is in a rotated basis; rotate the state in the circuit "
+                "and measure qml.probs(wires=...)"
+            )
+        wires = list(mp.wires) if len(mp.wires) else list(wire_index)
+        m = len(wires)
+        if m > 12:
+            raise ValueError(f"QuantumLayer: qml.probs over {m} wires (2^{m} outputs) is too large; at most 12")
+        index = []
+        for subset in range(1, 2**m):
+            paulis = tuple(
+                sorted((wire_index[wires[i]], "Z") for i in range(m) if subset >> (m - 1 - i) & 1)
+            )
+            index.append(_raw_index(raw, ((1.0, paulis),), None))
+        return Readout("probs", tuple(index))
+    raise ValueError(
+        f"QuantumLayer: {type(mp).__name__} ({mp}) is not supported; return qml.expval(obs), "
+        "qml.var(obs), qml.probs(wires=...) or a list of them"
+    )
+
+
 def record(
     func: Callable,
     args: tuple,
     kwargs: dict,
-    wires: Sequence,
+    wires: Sequence | None,
     batch: int,
     columns_out: list | None = None,
 ) -> tuple[Program, torch.Tensor]:
@@ -139,11 +267,14 @@ def record(
     Angles are float64 torch tensors carrying the autograd graph back to the
     inputs and weights. If ``columns_out`` is a list, it receives one
     ``(angle, per_sample)`` pair per column: the recorded angle before broadcasting
-    (a scalar when it is shared by all samples).
+    (a scalar when it is shared by all samples). ``wires=None``: the wires the circuit
+    touches, sorted (``Program.labels``).
     """
     with qml.queuing.AnnotatedQueue() as queue:
         result = func(*args, **kwargs)
     tape = qml.tape.QuantumScript.from_queue(queue)
+    if wires is None:
+        wires = _wire_labels(tape)
     wire_index = {w: i for i, w in enumerate(wires)}
 
     def check_wires(what: Any, name: str) -> None:
@@ -160,7 +291,14 @@ def record(
         _expand(op, expanded)
 
     gates, columns = [], []
-    for op, inverse in expanded:
+    for op, how in expanded:
+        wires_of = tuple(wire_index[w] for w in op.wires)
+        if how == "matrix":
+            matrix = np.ascontiguousarray(
+                qml.math.toarray(qml.math.unwrap(qml.matrix(op))), dtype=np.complex128
+            )
+            gates.append(Gate(MATRIX, wires_of, False, -1, matrix.tobytes(), matrix))
+            continue
         col = -1
         if op.num_params:
             angle = op.data[0]
@@ -178,9 +316,7 @@ def record(
             if columns_out is not None:
                 per_sample = angle.ndim == 1 and angle.shape[0] > 1
                 columns_out.append((angle if per_sample else angle.reshape(()), per_sample))
-        gates.append(
-            Gate(op.name, tuple(wire_index[w] for w in op.wires), inverse, col)
-        )
+        gates.append(Gate(op.name, wires_of, bool(how), col))
 
     measurements = tape.measurements
     if not measurements:
@@ -194,17 +330,12 @@ def record(
             "QuantumLayer: the circuit must return every measurement it makes "
             f"(queued {len(measurements)}, returned {len(returned)} of them)"
         )
-    terms, matrices = [], []
+    raw: dict = {}
+    readout = []
     for mp in returned:  # the order the circuit returns them
         check_wires(mp, f"measurement {mp}")
-        if not isinstance(mp, qml.measurements.ExpectationMP) or mp.obs is None:
-            raise ValueError(
-                f"QuantumLayer: only expectation values are supported, got {mp}; "
-                "return qml.expval(obs) or a list of them"
-            )
-        t, m = _observable_terms(mp.obs, wire_index)
-        terms.append(t)
-        matrices.append(m)
+        readout.append(_readout(mp, wire_index, raw))
+    ordered = sorted(raw.values(), key=lambda v: v[0])
     angles = (
         torch.stack(columns, dim=1)
         if columns
@@ -213,9 +344,11 @@ def record(
     program = Program(
         n_wires=len(wires),
         gates=tuple(gates),
-        terms=tuple(terms),
-        matrices=tuple(matrices),
-        single_output=single,
+        terms=tuple(t for _, t, _ in ordered),
+        matrices=tuple(m for _, _, m in ordered),
+        single_output=single and readout[0].kind != "probs",
+        readout=tuple(readout),
+        labels=tuple(wires),
     )
     return program, angles
 
@@ -279,14 +412,20 @@ class LightningEngine:
         self._adjoint = AdjointJacobianC128()
         self._ops_list = create_ops_listC128
         self._hamiltonian = HamiltonianC128
-        self._calls = [
-            (getattr(self._sv, g.name), list(g.wires), g.inverse, g.column)
-            for g in program.gates
-        ]
+        def method(g: Gate):
+            if g.name != MATRIX:
+                return getattr(self._sv, g.name)
+            flat = np.ascontiguousarray(g.matrix.ravel())
+            return lambda wires, inverse, _params: self._sv.applyMatrix(flat, wires, inverse)
+
+        self._calls = [(method(g), list(g.wires), g.inverse, g.column) for g in program.gates]
         self._names = [g.name for g in program.gates]
         self._wires = [list(g.wires) for g in program.gates]
         self._inverses = [g.inverse for g in program.gates]
-        self._no_matrix = [np.zeros(0, dtype=np.complex128)] * len(program.gates)
+        self._no_matrix = [
+            np.ascontiguousarray(g.matrix.ravel()) if g.name == MATRIX else np.zeros(0, dtype=np.complex128)
+            for g in program.gates
+        ]
         self._no_controls = [[] for _ in program.gates]
         self._no_values = [[] for _ in program.gates]
         self._trainable = list(range(program.n_angles))
@@ -400,13 +539,16 @@ class LightningEngine:
 
 
 class DeviceEngine:
-    """Executes a program through any PennyLane device (``qml.execute``, no shots).
+    """Executes a program through any PennyLane device (``qml.execute``); with ``shots``
+    the values are sampled estimates.
 
-    It has no VJP of its own: it always runs behind :class:`ShiftEngine`."""
+    It has no VJP of its own: it always runs behind :class:`ShiftEngine` (the two-term
+    shift rule (1) is unbiased for sampled estimates too)."""
 
-    def __init__(self, program: Program, device: Any, wires: Sequence) -> None:
+    def __init__(self, program: Program, device: Any, wires: Sequence, shots: Any = None) -> None:
         self.program = program
         self.device = device
+        self.shots = shots
         label = list(wires)
         ops_by_name = {}
         for g in program.gates:
@@ -434,9 +576,12 @@ class DeviceEngine:
         for g in self.program.gates:
             cls = self._ops[g.name]
             wires = [self._labels[w] for w in g.wires]
+            if g.name == MATRIX:
+                ops.append(qml.QubitUnitary(g.matrix, wires=wires))
+                continue
             op = cls(float(row[g.column]), wires=wires) if g.column >= 0 else cls(wires=wires)
             ops.append(qml.adjoint(op) if g.inverse else op)
-        return qml.tape.QuantumScript(ops, [qml.expval(o) for o in self._observables])
+        return qml.tape.QuantumScript(ops, [qml.expval(o) for o in self._observables], shots=self.shots)
 
     def run(self, angles: np.ndarray, keep_states: bool = True):
         tapes = [self._tape(row) for row in angles]
