@@ -554,7 +554,8 @@ class QuantumLayer(nn.Module):
                 raise ValueError(
                     "QuantumLayer: the circuit's gates or measurements depend on the input "
                     "values (they differ between samples); keep the structure fixed and put "
-                    "the inputs into gate angles"
+                    "the inputs into gate angles (an operation given only by a matrix that "
+                    "depends on the inputs has no angle: decompose it into rotations)"
                 )
             angles = torch.cat(rows, dim=0)
             if columns is not None:
