@@ -394,7 +394,7 @@ def test_draw_and_specs_of_the_layers_circuit():
     layer = QuantumLayer(qml.QNode(circuit, qml.device("default.qubit", wires=3)), {"w1": 1, "w2": (3, 2, 3)})
     x = torch.rand(2)
     drawing = qml.draw(layer.qnode)(x)
-    assert "AngleEmbedding" in drawing and f"RX({float(layer.w1):.2f})" in drawing
+    assert "AngleEmbedding" in drawing and f"RX({float(layer.w1.detach()):.2f})" in drawing
     specs = qml.specs(layer.qnode)(x)
     assert specs["resources"].gate_types == {"AngleEmbedding": 1, "RX": 1, "StronglyEntanglingLayers": 1}
     assert specs["device_name"] == "default.qubit" and specs["num_device_wires"] == 3
