@@ -272,3 +272,20 @@ def test_physics_informed_loss_counts_each_call_once():
     assert len(q._stepped) == 1
     opt.step()
     assert q._stepped == []
+
+
+def test_template_layers_and_transfer_heads_save_whole():
+    # before: the templates' circuits were closures, so torch.save(model) could not pickle them
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    model = nn.Sequential(
+        quflow.transfer.hybrid_head(backbone, quflow.templates.data_reuploading(2, 2), 4, 1),
+        nn.Tanh(),
+    ).double()
+    x = torch.rand(5, 3, dtype=torch.float64)
+    before = model(x)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    clone = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(clone(x), before, rtol=0, atol=TOL)
