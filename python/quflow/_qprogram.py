@@ -354,6 +354,13 @@ def record(
     return program, angles
 
 
+_CNOT = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=np.complex128)
+
+
+def _is_cnot(matrix: np.ndarray) -> bool:
+    return matrix.shape == (4, 4) and bool(np.array_equal(matrix, _CNOT))
+
+
 def apply_matrix(states: np.ndarray, matrix: np.ndarray, wires: tuple, n: int) -> np.ndarray:
     """Apply a ``(d, d)`` / ``(B, d, d)`` matrix on ``wires`` to states ``(B, K, 2**n)``."""
     batch, count = states.shape[:2]
@@ -363,12 +370,34 @@ def apply_matrix(states: np.ndarray, matrix: np.ndarray, wires: tuple, n: int) -
         t = states.reshape(batch, count, 2**w, 2, 2 ** (n - 1 - w))
         a0, a1 = t[:, :, :, 0], t[:, :, :, 1]
         if matrix.ndim == 2:
-            m00, m01, m10, m11 = matrix[0, 0], matrix[0, 1], matrix[1, 0], matrix[1, 1]
+            m = [[matrix[i, j] for j in range(2)] for i in range(2)]
+            zero = [[matrix[i, j] == 0 for j in range(2)] for i in range(2)]
         else:
-            m00, m01, m10, m11 = (matrix[:, i, j][:, None, None, None] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+            m = [[matrix[:, i, j][:, None, None, None] for j in range(2)] for i in range(2)]
+            zero = [[not matrix[:, i, j].any() for j in range(2)] for i in range(2)]
         out = np.empty_like(t)
-        out[:, :, :, 0] = m00 * a0 + m01 * a1
-        out[:, :, :, 1] = m10 * a0 + m11 * a1
+        tmp = None
+        for i in range(2):  # out_i = m_i0 a0 + m_i1 a1, skipping zero entries
+            o = out[:, :, :, i]
+            terms = [(m[i][j], a) for j, a in enumerate((a0, a1)) if not zero[i][j]]
+            if not terms:
+                o[...] = 0
+                continue
+            np.multiply(terms[0][1], terms[0][0], out=o)
+            if len(terms) == 2:
+                tmp = np.multiply(terms[1][1], terms[1][0], out=tmp)
+                o += tmp
+        return out.reshape(batch, count, 2**n)
+    if k == 2 and matrix.ndim == 2 and _is_cnot(matrix):
+        t = states.reshape((batch, count) + (2,) * n)
+        out = t.copy()
+        c, x = 2 + wires[0], 2 + wires[1]
+        on = [slice(None)] * (2 + n)
+        on[c] = 1
+        flip, keep = list(on), list(on)
+        flip[x], keep[x] = 1, 0
+        out[tuple(keep)] = t[tuple(flip)]
+        out[tuple(flip)] = t[tuple(keep)]
         return out.reshape(batch, count, 2**n)
     t = states.reshape((batch, count) + (2,) * n)
     src = [2 + w for w in wires]
