@@ -289,3 +289,23 @@ def test_template_layers_and_transfer_heads_save_whole():
     buffer.seek(0)
     clone = torch.load(buffer, weights_only=False)
     torch.testing.assert_close(clone(x), before, rtol=0, atol=TOL)
+
+
+def test_calls_are_kept_only_while_a_qng_optimizer_steps_the_layer():
+    torch.manual_seed(0)
+    q = QuantumLayer(embedded, {"weights": (1, 2, 3)}, wires=2).double()
+    x = torch.rand(3, 2, dtype=torch.float64)
+    for _ in range(3):  # plain torch optimizers: nothing accumulates
+        q(x).sum().backward()
+    assert q._stepped == []
+    opt = quflow.QNG(q, lr=0.1)
+    q(x).sum().backward()
+    assert len(q._stepped) == 1
+    opt.step()
+    assert q._stepped == []
+    del opt
+    import gc
+
+    gc.collect()
+    q(x).sum().backward()
+    assert q._stepped == []

@@ -180,6 +180,8 @@ class QNG(torch.optim.Optimizer):
             )
         super().__init__(groups, {"lr": lr, "lam": lam, "approx": approx})
         self._layers = layers
+        for layer in layers:  # from now on their forward calls keep their inputs in the graph
+            layer._trackers.add(self)
         self.classical = classical
         self.metric_every = metric_every
         self.max_samples = max_samples

@@ -476,12 +476,13 @@ class QuantumLayer(nn.Module):
         self._single_output = False
         self._qnode = None
         self._stepped: list = []  # inputs of the calls a backward pass went through (QNG)
+        self._trackers: weakref.WeakSet = weakref.WeakSet()  # the QNG optimizers that read them
 
     def __getstate__(self) -> dict:
         """Parameters and settings; simulator engines, QNodes and device instances are
         caches, rebuilt on demand (lightning's state vectors cannot be pickled)."""
         state = self.__dict__.copy()
-        for key in ("_engines", "_qnode", "_stepped", "_device"):
+        for key in ("_engines", "_qnode", "_stepped", "_trackers", "_device"):
             state.pop(key, None)
         return state
 
@@ -692,7 +693,8 @@ class QuantumLayer(nn.Module):
             program, angles = self._record(x, weights, batch)
             raw, _ = _Expval.apply(angles, self._engine(program), True)
             values, single = program.read(raw), program.single_output
-        if torch.is_grad_enabled() and values.requires_grad:
+        if len(self._trackers) and torch.is_grad_enabled() and values.requires_grad:
+            # a quflow.QNG steps this layer: keep this call's inputs in the graph
             values = _Mark.apply(values, _Call(None if x is None else x.detach().clone(), self))
         if self._has_inputs and self.input_size is None:
             self.input_size = x.shape[-1]
