@@ -12,7 +12,10 @@ private ``torch.autograd.Function``:
   ``∂h/∂a_j = [h(a_j + π/2) − h(a_j − π/2)] / 2``, applied to the differentiable
   values and adjoint VJPs themselves, so the backward pass is differentiable to
   any order. Only the angles that the requested derivative actually touches are
-  shifted (for ``du/dx`` inside a loss: the input angles, not the weights).
+  shifted (for ``du/dx`` inside a loss: the input angles, not the weights);
+* when that backward builds no further graph (the last order of a loss), it is one
+  exact forward-over-adjoint sweep along the cotangent instead
+  (``LightningEngine.directional``): four states per sample, not ``2 × columns``.
 
 This is what makes physics-informed losses (``torch.autograd.grad(u, x,
 create_graph=True)``) give correct weight gradients on lightning, where
