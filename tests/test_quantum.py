@@ -522,3 +522,43 @@ def test_torch_func_transforms_get_a_clear_error():
         torch.func.vmap(layer)(x)
     with pytest.raises(RuntimeError, match="does not support torch.func transforms"):
         torch.func.grad(lambda w: torch.func.functional_call(layer, {"weights": w}, (x,)).sum())(layer.weights.detach())
+
+
+def test_last_order_sweep_equals_the_shift_rule_path():
+    """The forward-over-adjoint sweep (a backward that builds no graph) against the
+    differentiable shift-rule path (the same backward with create_graph=True)."""
+
+    class Fixed(qml.operation.Operation):
+        num_wires = 2
+        num_params = 0
+
+        @staticmethod
+        def compute_matrix():  # noqa: D102
+            return qml.matrix(qml.CRY(0.4, wires=[0, 1]) @ qml.Hadamard(0), wire_order=[0, 1])
+
+    def circuit(inputs, weights):
+        qml.AngleEmbedding(inputs, wires=range(3), rotation="Y")
+        qml.StronglyEntanglingLayers(weights, wires=range(3))
+        qml.PhaseShift(inputs[..., 0] * weights[0, 0, 0], wires=1)
+        Fixed(wires=[2, 0])
+        qml.MultiRZ(inputs[..., 1], wires=[0, 1, 2])
+        qml.IsingXX(weights[0, 1, 1], wires=[0, 2])
+        return [
+            qml.expval(qml.PauliX(0) @ qml.PauliY(1)),
+            qml.expval(qml.Hermitian(np.array([[1.0, 0.5j], [-0.5j, -1.0]]), wires=2)),
+            qml.var(qml.PauliZ(1) + 0.3 * qml.PauliX(2)),
+            qml.probs(wires=[0, 2]),
+        ]
+
+    torch.manual_seed(4)
+    layer = QuantumLayer(circuit, {"weights": (1, 3, 3)}, wires=3).double()
+    x = torch.rand(5, 3, dtype=torch.float64, requires_grad=True)
+    coeffs = torch.randn(7, dtype=torch.float64)
+    grads = []
+    for create_graph in (True, False):
+        u = layer(x) @ coeffs
+        (ux,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+        loss = (ux * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)).pow(2).sum() + u.sum()
+        grads.append(torch.autograd.grad(loss, [x, layer.weights], create_graph=create_graph))
+    for slow, fast in zip(*grads):
+        torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=TOL)
