@@ -650,24 +650,23 @@ class LightningEngine:
         if not need_a:
             return None, grad_g
         grad_a = np.zeros(angles.shape)
-        # [φ, φ̇, λ, λ̇]
-        state = np.concatenate([pair, self._apply_observable(pair, cotangent)], axis=1)
+        # [φ, φ̇, λ̇, λ]: per sample, ⟨[λ̇, λ]|[Gφ, Gφ̇]⟩ is one contiguous dot product
+        state = np.concatenate([pair, self._apply_observable(pair, cotangent)[:, ::-1]], axis=1)
         for k in range(len(gates) - 1, -1, -1):
             gate = gates[k]
             gen = _generator(gate.name, len(gate.wires)) if gate.column >= 0 else None
             if gen is not None:
                 g_phi = apply_matrix(state[:, :2], gen, gate.wires, n)
-                grad_a[:, gate.column] = 2 * (
-                    np.einsum("bj,bj->b", state[:, 3].conj(), g_phi[:, 0])
-                    + np.einsum("bj,bj->b", state[:, 2].conj(), g_phi[:, 1])
-                ).imag
+                grad_a[:, gate.column] = [
+                    2 * np.vdot(state[b, 2:], g_phi[b]).imag for b in range(batch)
+                ]
             u = mats[k]
             state = apply_matrix(state, np.conj(np.swapaxes(u, -1, -2)), gate.wires, n)
             if gen is not None and direction[:, gate.column].any():
                 d = (1j * direction[:, gate.column])[:, None]
-                g_back = apply_matrix(state[:, [0, 2]], gen, gate.wires, n)
+                g_back = apply_matrix(state[:, [0, 3]], gen, gate.wires, n)
                 state[:, 1] += d * g_back[:, 0]
-                state[:, 3] += d * g_back[:, 1]
+                state[:, 2] += d * g_back[:, 1]
         return grad_a, grad_g
 
 
