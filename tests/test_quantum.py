@@ -537,6 +537,11 @@ def test_last_order_sweep_equals_the_shift_rule_path():
             return qml.matrix(qml.CRY(0.4, wires=[0, 1]) @ qml.Hadamard(0), wire_order=[0, 1])
 
     def circuit(inputs, weights):
+        # a run of one-qubit gates on wire 0 (fused by the sweep), three of them on inputs
+        qml.RX(inputs[..., 0], wires=0)
+        qml.RZ(weights[0, 0, 1], wires=0)
+        qml.RY(inputs[..., 1] * weights[0, 0, 2], wires=0)
+        qml.PhaseShift(inputs[..., 2], wires=0)
         qml.AngleEmbedding(inputs, wires=range(3), rotation="Y")
         qml.StronglyEntanglingLayers(weights, wires=range(3))
         qml.PhaseShift(inputs[..., 0] * weights[0, 0, 0], wires=1)

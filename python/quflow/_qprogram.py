@@ -630,43 +630,81 @@ class LightningEngine:
             return tuple(None if p[0] is None else np.concatenate(p) for p in zip(*parts))
         return self._directional(angles, cotangent, direction, need_a, need_g)
 
+    def _blocks(self) -> list[list[int]]:
+        """Runs of consecutive one-qubit gates on the same wire (``Rot`` = RZ·RY·RZ), each
+        fused into one 2×2 matrix by :meth:`_directional`; any other gate is its own run."""
+        blocks: list[list[int]] = []
+        for k, gate in enumerate(self.program.gates):
+            prev = self.program.gates[blocks[-1][-1]] if blocks else None
+            if prev is not None and len(gate.wires) == 1 and prev.wires == gate.wires:
+                blocks[-1].append(k)
+            else:
+                blocks.append([k])
+        return blocks
+
     def _directional(self, angles, cotangent, direction, need_a, need_g):
+        """:meth:`directional` on one chunk. Gates are taken in fused runs ``U = U_e ⋯ U_s``:
+        with ``G'_k = U_{>k} G_k U_{>k}†`` (``U_{>k}`` the run's gates after k), the forward
+        tangent is ``ψ̇ ← Uψ̇ + Σ_k d_k (−iG'_k) Uψ``, and at the run's end
+        ``V̇_k = 2 Im(⟨λ̇|G'_k|φ⟩ + ⟨λ|G'_k|φ̇⟩) + 2 Re⟨λ|Σ_{j>k} d_j [G'_k, G'_j]|φ⟩``;
+        stepping back, ``[φ̇, λ̇] ← U†([φ̇, λ̇] + Σ_k i d_k G'_k [φ, λ])``."""
         from .metric import _gate_matrix, _generator
 
         n, batch, dim = self.program.n_wires, angles.shape[0], self.dim
         gates = self.program.gates
+        runs = []  # (wires, U, [(column, G'_k, d_k)])
+        for block in self._blocks():
+            wires = gates[block[0]].wires
+            u = None
+            parts = []
+            for k in reversed(block):  # u = U_{>k} while k is visited
+                gate = gates[k]
+                if gate.column >= 0:
+                    gen = _generator(gate.name, len(wires))
+                    g_prime = gen if u is None else u @ gen @ np.conj(np.swapaxes(u, -1, -2))
+                    parts.append((gate.column, g_prime, direction[:, gate.column]))
+                m = _gate_matrix(gate, angles)
+                u = m if u is None else u @ m
+            parts.reverse()
+            runs.append((wires, u, parts))
+
+        def combine(terms):  # Σ c_b M  with c (B,), M (d, d) or (B, d, d) -> (B, d, d) or None
+            out = None
+            for c, m in terms:
+                if not c.any():
+                    continue
+                t = c[:, None, None] * m
+                out = t if out is None else out + t
+            return out
+
         pair = np.zeros((batch, 2, dim), dtype=np.complex128)  # [ψ, ψ̇]
         pair[:, 0, 0] = 1.0
-        mats = []
-        for gate in gates:
-            u = _gate_matrix(gate, angles)
-            mats.append(u)
-            pair = apply_matrix(pair, u, gate.wires, n)
-            if gate.column >= 0 and direction[:, gate.column].any():
-                gen = _generator(gate.name, len(gate.wires))
-                d = direction[:, gate.column]
-                pair[:, 1] += (-1j * d)[:, None] * apply_matrix(pair[:, :1], gen, gate.wires, n)[:, 0]
+        for wires, u, parts in runs:
+            pair = apply_matrix(pair, u, wires, n)
+            m = combine([(-1j * d, g) for _, g, d in parts])
+            if m is not None:
+                pair[:, 1] += apply_matrix(pair[:, :1], m, wires, n)[:, 0]
         grad_g = self._cross_expectations(pair[:, 0], pair[:, 1]) if need_g else None
         if not need_a:
             return None, grad_g
         grad_a = np.zeros(angles.shape)
-        # [φ, φ̇, λ̇, λ]: per sample, ⟨[λ̇, λ]|[Gφ, Gφ̇]⟩ is one contiguous dot product
+        # [φ, φ̇, λ̇, λ]: per sample, ⟨[λ̇, λ]|[G'φ, G'φ̇]⟩ is one contiguous dot product
         state = np.concatenate([pair, self._apply_observable(pair, cotangent)[:, ::-1]], axis=1)
-        for k in range(len(gates) - 1, -1, -1):
-            gate = gates[k]
-            gen = _generator(gate.name, len(gate.wires)) if gate.column >= 0 else None
-            if gen is not None:
-                g_phi = apply_matrix(state[:, :2], gen, gate.wires, n)
-                grad_a[:, gate.column] = [
-                    2 * np.vdot(state[b, 2:], g_phi[b]).imag for b in range(batch)
-                ]
-            u = mats[k]
-            state = apply_matrix(state, np.conj(np.swapaxes(u, -1, -2)), gate.wires, n)
-            if gen is not None and direction[:, gate.column].any():
-                d = (1j * direction[:, gate.column])[:, None]
-                g_back = apply_matrix(state[:, [0, 3]], gen, gate.wires, n)
-                state[:, 1] += d * g_back[:, 0]
-                state[:, 2] += d * g_back[:, 1]
+        for wires, u, parts in reversed(runs):
+            for i, (col, g, _) in enumerate(parts):
+                g_phi = apply_matrix(state[:, :2], g, wires, n)
+                v = np.array([np.vdot(state[b, 2:], g_phi[b]) for b in range(batch)]).imag
+                comm = combine([(d, g @ h - h @ g) for _, h, d in parts[i + 1 :]])
+                if comm is not None:
+                    c_phi = apply_matrix(state[:, :1], comm, wires, n)[:, 0]
+                    v = v + np.einsum("bj,bj->b", state[:, 3].conj(), c_phi).real
+                grad_a[:, col] = 2 * v
+            m = combine([(1j * d, g) for _, g, d in parts])
+            if m is not None:
+                corr = apply_matrix(state[:, [0, 3]], m, wires, n)
+                state[:, 1] += corr[:, 0]
+                state[:, 2] += corr[:, 1]
+            state = apply_matrix(state, np.conj(np.swapaxes(u, -1, -2)), wires, n)
         return grad_a, grad_g
 
 
