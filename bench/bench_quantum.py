@@ -14,10 +14,12 @@ StronglyEntanglingLayers (2 layers) → ⟨Z_i⟩ on every wire, batch 64. Peers
 loss = mean((du/dx − cos x)²) + u(0)², loss.backward(). TorchLayer on lightning adjoint
 returns silently wrong weight gradients there, so it is not timed in that row.
 
-Every case runs in its own process (so that peak memory is its own): "peak MB" is the
-growth of the process's peak resident set over its size before the first call (the
-model and inputs built, libraries loaded), covering the warm-up and timed calls. A case
-is stopped at --timeout seconds or --memory-limit GB (address space) and reported as such.
+Times: the implementations take turns in one process (medians of interleaved rounds),
+so that the load of a shared machine hits them alike. Memory: each case also runs in a
+process of its own (warm-up and one call): "peak MB" is the growth of its peak resident
+set over its size before the first call (model and inputs built, libraries loaded). A
+case is stopped at --timeout seconds or --memory-limit GB (address space) and reported as
+such (and not timed).
 """
 
 from __future__ import annotations
@@ -70,12 +72,11 @@ def rss_mb():
     return float("nan")  # pragma: no cover
 
 
-def one_case(impl, n, kind, reps, budget):
-    """Runs in a child process: prints {"ms": median, "peak_mb": growth, "reps": k}."""
+def build(impl, n, kind):
+    """A closure running one fwd+bwd or one PINN step of ``impl`` at ``n`` qubits."""
     import torch
     from torch import nn
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     layer = make_layer(impl, n).double()
     if kind == "fwd+bwd":
@@ -84,35 +85,58 @@ def one_case(impl, n, kind, reps, budget):
         def run():
             layer.zero_grad()
             layer(x).sum().backward()
-    else:
-        model = nn.Sequential(nn.Linear(1, n), nn.Tanh(), layer, nn.Linear(n, 1)).double()
-        xs0 = torch.linspace(0, 6.28, BATCH, dtype=torch.float64).reshape(-1, 1)
-        x0 = torch.zeros(1, 1, dtype=torch.float64)
 
-        def run():
-            xs = xs0.detach().requires_grad_(True)
-            u = model(xs)
-            (ux,) = torch.autograd.grad(u.sum(), xs, create_graph=True)
-            loss = (ux - torch.cos(xs)).pow(2).mean() + model(x0).pow(2).sum()
-            model.zero_grad()
-            loss.backward()
+        return run
+    model = nn.Sequential(nn.Linear(1, n), nn.Tanh(), layer, nn.Linear(n, 1)).double()
+    xs0 = torch.linspace(0, 6.28, BATCH, dtype=torch.float64).reshape(-1, 1)
+    x0 = torch.zeros(1, 1, dtype=torch.float64)
 
+    def run():
+        xs = xs0.detach().requires_grad_(True)
+        u = model(xs)
+        (ux,) = torch.autograd.grad(u.sum(), xs, create_graph=True)
+        loss = (ux - torch.cos(xs)).pow(2).mean() + model(x0).pow(2).sum()
+        model.zero_grad()
+        loss.backward()
+
+    return run
+
+
+def one_case(impl, n, kind):
+    """Runs in a child process: warm-up and one timed call; prints {"ms", "peak_mb"}."""
+    import torch
+
+    torch.set_num_threads(1)
+    run = build(impl, n, kind)
     base = rss_mb()
+    run()
     start = time.perf_counter()
-    run()  # warm-up (recording caches, device set-up)
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(reps if first * reps < budget else max(1, int(budget // max(first, 1e-9)))):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
+    run()
+    ms = 1e3 * (time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"ms": 1e3 * statistics.median(times), "peak_mb": peak - base, "reps": len(times)}))
+    print(json.dumps({"ms": ms, "peak_mb": peak - base}))
+
+
+def interleaved(impls, n, kind, reps, budget):
+    """Median times in this process, the implementations taking turns (so that a change
+    of the machine's load hits all of them alike)."""
+    runs = {impl: build(impl, n, kind) for impl in impls}
+    for run in runs.values():
+        run()  # warm-up
+    times = {impl: [] for impl in impls}
+    start = time.perf_counter()
+    for _ in range(reps):
+        for impl, run in runs.items():
+            t = time.perf_counter()
+            run()
+            times[impl].append(time.perf_counter() - t)
+        if time.perf_counter() - start > budget * len(impls):
+            break
+    return {impl: 1e3 * statistics.median(t) for impl, t in times.items()}, len(times[impls[0]])
 
 
 def spawn(impl, n, kind, args):
-    cmd = [sys.executable, __file__, "--one", impl, str(n), kind, "--reps", str(args.reps),
-           "--budget", str(args.budget), "--memory-limit", str(args.memory_limit)]
+    cmd = [sys.executable, __file__, "--one", impl, str(n), kind, "--memory-limit", str(args.memory_limit)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -146,10 +170,14 @@ def main() -> None:
         limit = int(args.memory_limit * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         impl, n, kind = args.one
-        one_case(impl, int(n), kind, args.reps, args.budget)
+        one_case(impl, int(n), kind)
         return
-    print(f"batch {BATCH}, {LAYERS} strongly entangling layers, double, 1 thread, median of up to "
-          f"{args.reps} (fewer when a call takes over {args.budget / args.reps:.0f} s); peak MB = RSS growth\n")
+    import torch
+
+    torch.set_num_threads(1)
+    print(f"batch {BATCH}, {LAYERS} strongly entangling layers, double, 1 thread, medians of up to "
+          f"{args.reps} interleaved rounds (fewer past {args.budget:.0f} s per implementation); "
+          "peak MB = RSS growth of a separate process\n")
     print("| case | qubits | quflow | TorchLayer lightning adjoint | TorchLayer default.qubit backprop "
           "| quflow / default.qubit | peak MB: quflow / lightning / default.qubit |")
     print("|---|---:|---:|---:|---:|---:|---|")
@@ -161,6 +189,11 @@ def main() -> None:
                     res[impl] = ("wrong gradients", "")
                     continue
                 res[impl] = spawn(impl, n, kind, args)
+            ok = [i for i in IMPLS if not isinstance(res[i][0], str)]
+            if ok:
+                medians, _ = interleaved(ok, n, kind, args.reps, args.budget)
+                for impl in ok:
+                    res[impl] = (medians[impl], res[impl][1])
             q, dq = res["quflow"][0], res["torchlayer-default"][0]
             ratio = f"{q / dq:.2f}×" if not isinstance(q, str) and not isinstance(dq, str) else "–"
             mem = " / ".join(res[i][1] or "–" for i in IMPLS)
