@@ -309,3 +309,14 @@ def test_calls_are_kept_only_while_a_qng_optimizer_steps_the_layer():
     gc.collect()
     q(x).sum().backward()
     assert q._stepped == []
+
+
+def test_metric_of_a_per_sample_circuit_averages_each_samples_metric():
+    # RY(w) after RX(x)|0⟩: g = Var(Y/2) = (1 − ⟨Y⟩²)/4 = cos²(x)/4, averaged over the samples
+    q = QuantumLayer(one_feature, {"w": 1}, wires=1).double()
+    x = torch.tensor([[0.1], [0.7], [1.5]], dtype=torch.float64)
+    g = quflow.metric_tensor(q, x)
+    each = torch.stack([quflow.metric_tensor(q, x[b]) for b in range(3)]).mean(0)
+    torch.testing.assert_close(g, each, rtol=0, atol=1e-12)
+    expected = (torch.cos(x[:, 0]) ** 2 / 4).mean().reshape(1, 1)
+    torch.testing.assert_close(g, expected, rtol=0, atol=1e-12)
