@@ -64,10 +64,12 @@ def make_layer(impl, n):
     return qml.qnn.TorchLayer(node, shapes)
 
 
-def rss_mb():
+def status_mb(field):
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MB.
+    (Not ``ru_maxrss``: a child inherits its parent's at fork time.)"""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")  # pragma: no cover
 
@@ -108,12 +110,12 @@ def one_case(impl, n, kind):
 
     torch.set_num_threads(1)
     run = build(impl, n, kind)
-    base = rss_mb()
+    base = status_mb("VmRSS")
     run()
     start = time.perf_counter()
     run()
     ms = 1e3 * (time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = status_mb("VmHWM")
     print(json.dumps({"ms": ms, "peak_mb": peak - base}))
 
 
@@ -163,6 +165,7 @@ def main() -> None:
     parser.add_argument("--memory-limit", type=float, default=8.0, help="GB of address space per case")
     parser.add_argument("--budget", type=float, default=30.0, help="seconds of timed calls per case")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--kinds", nargs="+", default=["fwd+bwd", "PINN step"], choices=["fwd+bwd", "PINN step"])
     parser.add_argument("--one", nargs=3, metavar=("IMPL", "N", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.reps = args.reps or (3 if args.quick else 7)
@@ -181,7 +184,7 @@ def main() -> None:
     print("| case | qubits | quflow | TorchLayer lightning adjoint | TorchLayer default.qubit backprop "
           "| quflow / default.qubit | peak MB: quflow / lightning / default.qubit |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    for kind in ("fwd+bwd", "PINN step"):
+    for kind in args.kinds:
         for n in args.qubits:
             res = {}
             for impl in IMPLS:
