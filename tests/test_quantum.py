@@ -360,6 +360,14 @@ def test_unsupported_operations_and_measurements():
     with pytest.raises(ValueError, match="Opaque on wires \\[0\\] has no decomposition"):
         QuantumLayer(opaque, {"weights": (1,)}, wires=1)(torch.zeros(1, 1))
 
+    def mid_circuit(inputs, weights):
+        qml.RX(weights[0], wires=0)
+        qml.cond(qml.measure(0), qml.RX)(inputs[..., 0], wires=0)
+        return qml.expval(qml.PauliZ(0))
+
+    with pytest.raises(ValueError, match="mid-circuit measurements and qml.cond"):
+        QuantumLayer(mid_circuit, {"weights": (1,)}, wires=1)(torch.zeros(1, 1))
+
     def state(inputs, weights):
         qml.RX(weights[0], wires=0)
         return qml.state()

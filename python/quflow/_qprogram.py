@@ -145,6 +145,11 @@ def _expand(op: Any, out: list, depth: int = 0) -> None:
     name = op.name
     if name in _IGNORED:
         return
+    if isinstance(op, qml.measurements.MidMeasureMP) or name.startswith("Conditional"):
+        raise ValueError(
+            f"QuantumLayer: mid-circuit measurements and qml.cond are not supported ({name} "
+            f"on wires {list(op.wires)}); measure at the end of the circuit"
+        )
     if name in _PARAM_GATES or name in _FIXED_GATES:
         out.append((op, False))
         return
