@@ -320,3 +320,20 @@ def test_metric_of_a_per_sample_circuit_averages_each_samples_metric():
     torch.testing.assert_close(g, each, rtol=0, atol=1e-12)
     expected = (torch.cos(x[:, 0]) ** 2 / 4).mean().reshape(1, 1)
     torch.testing.assert_close(g, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "device, method", [("default.qubit", "backprop"), ("default.qubit", "parameter-shift")]
+)
+def test_per_sample_recording_on_other_devices(device, method):
+    ours = QuantumLayer(one_feature, {"w": 1}, wires=1, init_method={"w": torch.tensor(0.3)}).double()
+    other = QuantumLayer(
+        one_feature, {"w": 1}, wires=1, device=device, diff_method=method, init_method={"w": torch.tensor(0.3)}
+    ).double()
+    x = torch.tensor([[0.1], [0.7], [1.5]], dtype=torch.float64, requires_grad=True)
+    a, b = ours(x), other(x)
+    torch.testing.assert_close(b, a, rtol=0, atol=TOL)
+    ga = torch.autograd.grad(a.sum(), [x, ours.w])
+    gb = torch.autograd.grad(b.sum(), [x, other.w])
+    for p, q in zip(ga, gb):
+        torch.testing.assert_close(q, p, rtol=0, atol=TOL)
