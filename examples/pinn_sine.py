@@ -5,7 +5,7 @@ The exact solution is sin x. The model is Linear → π·tanh → quantum circui
 residual at collocation points and the initial condition, so every weight
 gradient goes through du/dx (second-order differentiation of the circuit).
 
-    python examples/pinn_sine.py            # ~30 s on one core
+    python examples/pinn_sine.py            # ~5 s on one core
 
 prints the loss and max |u − sin x| on 200 test points; the README states the budget.
 """

@@ -249,7 +249,7 @@ def test_single_measurement_batched_shape_and_float32_output():
         qml.RY(inputs[..., 0] + weights[0], wires=0)
         return qml.expval(qml.PauliZ(0))
 
-    single = QuantumLayer(circuit, {"weights": 1}, wires=1)
+    single = QuantumLayer(circuit, {"weights": (1,)}, wires=1)
     with torch.no_grad():
         single.weights.zero_()
     x = torch.tensor([[0.0], [0.5], [1.0]])
@@ -325,16 +325,16 @@ def test_bad_inputs():
         layer(torch.zeros(2, 2, dtype=torch.int64))
     with pytest.raises(TypeError, match="torch.Tensor"):
         layer(np.zeros((2, 2)))
-    with pytest.raises(ValueError, match="shape \\(batch, features\\)"):
-        layer(torch.zeros(2, 2, 2))
-    with pytest.raises(ValueError, match="takes inputs"):
+    with pytest.raises(ValueError, match="shape \\(\\.\\.\\., features\\)"):
+        layer(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="takes .inputs."):
         layer()
 
 
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"device": "default.qubit"}, ValueError, "adjoint' runs on lightning.qubit"),
+        ({"device": "default.qubit", "diff_method": "adjoint"}, ValueError, "adjoint' runs on lightning.qubit"),
         ({"diff_method": "backprop"}, ValueError, "needs default.qubit"),
         ({"diff_method": "finite-diff"}, ValueError, "diff_method must be one of"),
         ({"wires": 0}, ValueError, "wires must be"),
@@ -358,21 +358,29 @@ def test_unsupported_operations_and_measurements():
         return qml.expval(qml.PauliZ(0))
 
     with pytest.raises(ValueError, match="Opaque on wires \\[0\\] has no decomposition"):
-        QuantumLayer(opaque, {"weights": 1}, wires=1)(torch.zeros(1, 1))
+        QuantumLayer(opaque, {"weights": (1,)}, wires=1)(torch.zeros(1, 1))
 
-    def probs(inputs, weights):
+    def mid_circuit(inputs, weights):
         qml.RX(weights[0], wires=0)
-        return qml.probs(wires=0)
+        qml.cond(qml.measure(0), qml.RX)(inputs[..., 0], wires=0)
+        return qml.expval(qml.PauliZ(0))
 
-    with pytest.raises(ValueError, match="only expectation values"):
-        QuantumLayer(probs, {"weights": 1}, wires=1)(torch.zeros(1, 1))
+    with pytest.raises(ValueError, match="mid-circuit measurements and qml.cond"):
+        QuantumLayer(mid_circuit, {"weights": (1,)}, wires=1)(torch.zeros(1, 1))
+
+    def state(inputs, weights):
+        qml.RX(weights[0], wires=0)
+        return qml.state()
+
+    with pytest.raises(ValueError, match="is not supported"):
+        QuantumLayer(state, {"weights": (1,)}, wires=1)(torch.zeros(1, 1))
 
     def outside(inputs, weights):
         qml.RX(weights[0], wires=5)
         return qml.expval(qml.PauliZ(0))
 
     with pytest.raises(ValueError, match="not in the layer's wires"):
-        QuantumLayer(outside, {"weights": 1}, wires=1)(torch.zeros(1, 1))
+        QuantumLayer(outside, {"weights": (1,)}, wires=1)(torch.zeros(1, 1))
 
 
 def test_set_lightning_threads_validates():
@@ -421,7 +429,7 @@ def test_outputs_follow_the_returned_order_and_all_measurements_must_be_returned
         z1 = qml.expval(qml.PauliZ(1))
         return [z1, z0]
 
-    layer = QuantumLayer(swapped, {"weights": 1}, wires=2).double()
+    layer = QuantumLayer(swapped, {"weights": (1,)}, wires=2).double()
     with torch.no_grad():
         layer.weights.fill_(3.0)
     out = layer(torch.zeros(1, 1, dtype=torch.float64))
@@ -433,14 +441,14 @@ def test_outputs_follow_the_returned_order_and_all_measurements_must_be_returned
         return qml.expval(qml.PauliZ(0))
 
     with pytest.raises(ValueError, match="must return every measurement"):
-        QuantumLayer(dropped, {"weights": 1}, wires=2)(torch.zeros(1, 1))
+        QuantumLayer(dropped, {"weights": (1,)}, wires=2)(torch.zeros(1, 1))
 
     def outside(inputs, weights):
         qml.RX(weights[0], wires=0)
         return qml.expval(qml.PauliZ(3))
 
     with pytest.raises(ValueError, match="measurement .* not in the layer's wires"):
-        QuantumLayer(outside, {"weights": 1}, wires=1)(torch.zeros(1, 1))
+        QuantumLayer(outside, {"weights": (1,)}, wires=1)(torch.zeros(1, 1))
 
 
 def test_weight_check_is_robust_to_zero_inputs_frozen_weights_and_no_grad():
@@ -448,8 +456,8 @@ def test_weight_check_is_robust_to_zero_inputs_frozen_weights_and_no_grad():
         qml.RY(w[0] * inputs[..., 0], wires=0)
         return qml.expval(qml.PauliZ(0))
 
-    QuantumLayer(scaled, {"w": 1}, wires=1)(torch.zeros(2, 1))  # x = 0 hides no weight
-    frozen = QuantumLayer(scaled, {"w": 1}, wires=1)
+    QuantumLayer(scaled, {"w": (1,)}, wires=1)(torch.zeros(2, 1))  # x = 0 hides no weight
+    frozen = QuantumLayer(scaled, {"w": (1,)}, wires=1)
     frozen.w.requires_grad_(False)
     frozen(torch.rand(2, 1))
 
@@ -466,10 +474,10 @@ def test_failed_first_call_leaves_no_state():
         qml.RX(inputs[..., 1] + weights[0], wires=0)
         return qml.expval(qml.PauliZ(0))
 
-    layer = QuantumLayer(two_features, {"weights": 1}, wires=1)
+    layer = QuantumLayer(two_features, {"weights": (1,)}, wires=1)
     with pytest.raises(ValueError, match="recording the circuit"):
         layer(torch.rand(3, 1))
-    assert layer.input_size is None and layer._last_inputs is None
+    assert layer.input_size is None and not layer._checked
     assert layer(torch.rand(3, 2)).shape == (3,)
 
 
@@ -503,9 +511,9 @@ def test_device_instance_with_labelled_wires():
 
     dev = qml.device("default.qubit", wires=["a", "b"])
     torch.manual_seed(0)
-    ours = QuantumLayer(circuit, {"weights": 1}, wires=["a", "b"], device=dev, diff_method="parameter-shift").double()
+    ours = QuantumLayer(circuit, {"weights": (1,)}, wires=["a", "b"], device=dev, diff_method="parameter-shift").double()
     torch.manual_seed(0)
-    ref = QuantumLayer(circuit, {"weights": 1}, wires=["a", "b"], device=dev, diff_method="backprop").double()
+    ref = QuantumLayer(circuit, {"weights": (1,)}, wires=["a", "b"], device=dev, diff_method="backprop").double()
     x = torch.tensor([[0.4], [1.2]], dtype=torch.float64)
     assert torch.allclose(ours(x), ref(x), atol=TOL, rtol=0)
 
@@ -522,3 +530,48 @@ def test_torch_func_transforms_get_a_clear_error():
         torch.func.vmap(layer)(x)
     with pytest.raises(RuntimeError, match="does not support torch.func transforms"):
         torch.func.grad(lambda w: torch.func.functional_call(layer, {"weights": w}, (x,)).sum())(layer.weights.detach())
+
+
+def test_last_order_sweep_equals_the_shift_rule_path():
+    """The forward-over-adjoint sweep (a backward that builds no graph) against the
+    differentiable shift-rule path (the same backward with create_graph=True)."""
+
+    class Fixed(qml.operation.Operation):
+        num_wires = 2
+        num_params = 0
+
+        @staticmethod
+        def compute_matrix():  # noqa: D102
+            return qml.matrix(qml.CRY(0.4, wires=[0, 1]) @ qml.Hadamard(0), wire_order=[0, 1])
+
+    def circuit(inputs, weights):
+        # a run of one-qubit gates on wire 0 (fused by the sweep), three of them on inputs
+        qml.RX(inputs[..., 0], wires=0)
+        qml.RZ(weights[0, 0, 1], wires=0)
+        qml.RY(inputs[..., 1] * weights[0, 0, 2], wires=0)
+        qml.PhaseShift(inputs[..., 2], wires=0)
+        qml.AngleEmbedding(inputs, wires=range(3), rotation="Y")
+        qml.StronglyEntanglingLayers(weights, wires=range(3))
+        qml.PhaseShift(inputs[..., 0] * weights[0, 0, 0], wires=1)
+        Fixed(wires=[2, 0])
+        qml.MultiRZ(inputs[..., 1], wires=[0, 1, 2])
+        qml.IsingXX(weights[0, 1, 1], wires=[0, 2])
+        return [
+            qml.expval(qml.PauliX(0) @ qml.PauliY(1)),
+            qml.expval(qml.Hermitian(np.array([[1.0, 0.5j], [-0.5j, -1.0]]), wires=2)),
+            qml.var(qml.PauliZ(1) + 0.3 * qml.PauliX(2)),
+            qml.probs(wires=[0, 2]),
+        ]
+
+    torch.manual_seed(4)
+    layer = QuantumLayer(circuit, {"weights": (1, 3, 3)}, wires=3).double()
+    x = torch.rand(5, 3, dtype=torch.float64, requires_grad=True)
+    coeffs = torch.randn(7, dtype=torch.float64)
+    grads = []
+    for create_graph in (True, False):
+        u = layer(x) @ coeffs
+        (ux,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+        loss = (ux * torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)).pow(2).sum() + u.sum()
+        grads.append(torch.autograd.grad(loss, [x, layer.weights], create_graph=create_graph))
+    for slow, fast in zip(*grads):
+        torch.testing.assert_close(fast, slow.detach(), rtol=0, atol=TOL)

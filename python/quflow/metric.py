@@ -77,6 +77,8 @@ def _fixed_matrix(name: str, n_wires: int, inverse: bool) -> np.ndarray:
 def _gate_matrix(gate: _qp.Gate, angles: np.ndarray) -> np.ndarray:
     """``(d, d)`` or ``(B, d, d)`` for per-sample angles ``(B,)``."""
     k = len(gate.wires)
+    if gate.name == _qp.MATRIX:
+        return gate.matrix
     if gate.column < 0:
         return _fixed_matrix(gate.name, k, gate.inverse)
     a = angles[:, gate.column]
@@ -230,7 +232,7 @@ def metric_tensor(
 
     Args:
         layer: a :class:`quflow.QuantumLayer`.
-        inputs: ``(B, features)`` or ``(features,)`` for a layer with inputs; ``None``
+        inputs: ``(..., features)`` for a layer with inputs (leading dimensions are samples); ``None``
             for a circuit without inputs.
         approx: ``"full"`` (exact), ``"block-diag"`` or ``"diag"`` (PennyLane's layering;
             equal to PennyLane's when the parametrised gates are RX/RY/RZ/Rot/PhaseShift/
@@ -273,21 +275,23 @@ def metric_tensor(
             raise ValueError("this layer's circuit takes inputs: pass inputs=(B, features)")
         layer._validate_inputs(inputs)
         x = inputs.detach().to(torch.float64)
-        x = x[None] if x.ndim == 1 else x
+        x = x.reshape(-1, x.shape[-1])
         if x.shape[0] == 0:
             raise ValueError("inputs have an empty batch")
         if max_samples is not None and x.shape[0] > max_samples:
             x = x[:: -(-x.shape[0] // max_samples)]
-        args, batch = (x,), x.shape[0]
+        if layer._per_sample is None:
+            layer._detect_batching(x.shape[-1])
+        batch = x.shape[0]
     else:
         if inputs is not None:
             raise ValueError("this layer's circuit has no inputs: call with inputs=None")
-        args, batch = (), 1
+        x, batch = None, 1
 
     weights = {k: getattr(layer, k).detach().to(torch.float64).requires_grad_(True) for k in layer.weight_shapes}
     columns: list = []
     with torch.enable_grad():
-        program, angles = layer._record(args, weights, batch, columns)
+        program, angles = layer._record(x, weights, batch, columns)
         jac = _classical_jacobian(columns, list(weights.values()), batch)  # (B|1, G, P)
     trainable = [j for j in range(program.n_angles) if bool(jac[:, j].ne(0).any())]
     n_params = jac.shape[-1]

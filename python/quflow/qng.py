@@ -62,10 +62,26 @@ class QNG(torch.optim.Optimizer):
 
     where ``∇_θ L`` is the full chain-rule gradient of the model's loss (whatever
     ``loss.backward()`` left in ``.grad``) and ``g`` is that layer's metric tensor
-    (:func:`quflow.metric_tensor`, PennyLane's ``metric_tensor`` convention) averaged over
-    the inputs of the layer's most recent forward call — the current batch — with the
-    circuit inputs excluded by construction (Stokes et al., "Quantum Natural Gradient",
-    Quantum 4, 269 (2020)). Every quantum layer gets its own metric. The linear system
+    (:func:`quflow.metric_tensor`, PennyLane's ``metric_tensor`` convention) at the inputs
+    of the forward calls that this loss was computed from, with the circuit inputs
+    excluded by construction (Stokes et al., "Quantum Natural Gradient", Quantum 4, 269
+    (2020)). Every quantum layer gets its own metric.
+
+    Which inputs: a forward call that builds a graph (gradients enabled) stores its
+    inputs in that graph, and the backward pass that goes through it hands them to the
+    layer. So the metric belongs to the loss being stepped; forward calls in between
+    (validation under ``torch.no_grad()``, or with gradients but no backward) never
+    change the update. If the layer was used in ``k`` calls ``c = 1 … k`` with inputs
+    ``X_c`` of ``B_c`` rows each (``Sequential(q, q, q)``, or ``model(x)`` and
+    ``model(x0)`` in one loss),
+
+        g = Σ_c (1/B_c) Σ_b J_cbᵀ g(a_cb) J_cb,
+
+    the sum over calls of each call's batch-averaged metric: per sample, the loss reads
+    the product state ``⊗_c |ψ(x_cb; θ)⟩``, whose Fubini–Study metric is the sum of the
+    factors' metrics; rows of one call are averaged (samples of the data, as for a
+    single call). Gradient accumulation over several ``backward()`` calls before one
+    ``step()`` therefore sums their metrics, like their gradients. The linear system
     is solved by Cholesky; if ``g + λI`` is singular (``lam=0`` on a rank-deficient
     metric, condition number above ~1e12) the minimum-norm least-squares solution is
     used with a ``RuntimeWarning``.
@@ -164,6 +180,8 @@ class QNG(torch.optim.Optimizer):
             )
         super().__init__(groups, {"lr": lr, "lam": lam, "approx": approx})
         self._layers = layers
+        for layer in layers:  # from now on their forward calls keep their inputs in the graph
+            layer._trackers.add(self)
         self.classical = classical
         self.metric_every = metric_every
         self.max_samples = max_samples
@@ -216,9 +234,10 @@ class QNG(torch.optim.Optimizer):
 
     def _quantum_step(self, group: dict) -> None:
         params = group["params"]
+        layer = self._layers[group["layer"]]
+        calls = layer._take_stepped()  # the forward calls whose graphs backward() went through
         if all(p.grad is None for p in params):
             return
-        layer = self._layers[group["layer"]]
         state = self.state[params[0]]
         state["step"] = state.get("step", 0) + 1
         grad = torch.cat(
@@ -228,11 +247,19 @@ class QNG(torch.optim.Optimizer):
         if metric is not None:  # load_state_dict casts state to the parameters' dtype
             metric = metric.to(torch.float64)
         if metric is None or state.get("metric_age", 0) >= self.metric_every:
-            inputs = layer._last_inputs
-            if layer._has_inputs and inputs is None:
-                raise RuntimeError("QNG.step: run the model forward (and backward) before step()")
+            if not calls:
+                if layer._has_inputs:
+                    raise RuntimeError(
+                        "QNG.step: no backward pass went through this QuantumLayer since the last "
+                        "step; run the model forward (with gradients on) and loss.backward() "
+                        "before step(), or pass a closure"
+                    )
+                calls = [None]  # gradients set by hand: the circuit's one state
             with torch.enable_grad():
-                metric = metric_tensor(layer, inputs, group["approx"], max_samples=self.max_samples)
+                metric = sum(
+                    metric_tensor(layer, inputs, group["approx"], max_samples=self.max_samples)
+                    for inputs in calls
+                )
             state["metric"] = metric
             state["metric_age"] = 0
         state["metric_age"] += 1

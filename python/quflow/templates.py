@@ -13,6 +13,7 @@ wires ``0 … n_inputs−1``) and already scaled to angles (e.g. ``π·tanh(·)`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pennylane as qml
@@ -37,6 +38,31 @@ def _check(n_qubits: int, n_layers: int, n_inputs: int | None, rotation: str, ob
     if observable not in _OBSERVABLES:
         raise ValueError(f"observable must be one of {tuple(_OBSERVABLES)}, got {observable!r}")
     return n_inputs
+
+
+@dataclass(frozen=True)
+class _Circuit:
+    """The templates' circuit as a module-level callable, so that layers built from it
+    pickle (``torch.save(model)``, ``copy.deepcopy``)."""
+
+    n_qubits: int
+    n_layers: int
+    n_inputs: int
+    rotation: str
+    observable: str
+    reupload: bool
+
+    def __call__(self, inputs, weights):
+        wires, embedded = range(self.n_qubits), range(self.n_inputs)
+        if self.reupload:
+            for layer in range(self.n_layers):
+                qml.AngleEmbedding(inputs, wires=embedded, rotation=self.rotation)
+                qml.StronglyEntanglingLayers(weights[layer : layer + 1], wires=wires)
+        else:
+            qml.AngleEmbedding(inputs, wires=embedded, rotation=self.rotation)
+            qml.StronglyEntanglingLayers(weights, wires=wires)
+        measure = _OBSERVABLES[self.observable]
+        return [qml.expval(measure(i)) for i in wires]
 
 
 def strongly_entangling(
@@ -72,13 +98,7 @@ def strongly_entangling(
         torch.Size([4, 3])
     """
     n_inputs = _check(n_qubits, n_layers, n_inputs, rotation, observable)
-    measure = _OBSERVABLES[observable]
-
-    def circuit(inputs, weights):
-        qml.AngleEmbedding(inputs, wires=range(n_inputs), rotation=rotation)
-        qml.StronglyEntanglingLayers(weights, wires=range(n_qubits))
-        return [qml.expval(measure(i)) for i in range(n_qubits)]
-
+    circuit = _Circuit(n_qubits, n_layers, n_inputs, rotation, observable, reupload=False)
     return QuantumLayer(
         circuit, {"weights": (n_layers, n_qubits, 3)}, wires=n_qubits, input_size=n_inputs, **layer_kwargs
     )
@@ -118,14 +138,7 @@ def data_reuploading(
         torch.Size([5, 2])
     """
     n_inputs = _check(n_qubits, n_layers, n_inputs, rotation, observable)
-    measure = _OBSERVABLES[observable]
-
-    def circuit(inputs, weights):
-        for layer in range(n_layers):
-            qml.AngleEmbedding(inputs, wires=range(n_inputs), rotation=rotation)
-            qml.StronglyEntanglingLayers(weights[layer : layer + 1], wires=range(n_qubits))
-        return [qml.expval(measure(i)) for i in range(n_qubits)]
-
+    circuit = _Circuit(n_qubits, n_layers, n_inputs, rotation, observable, reupload=True)
     return QuantumLayer(
         circuit, {"weights": (n_layers, n_qubits, 3)}, wires=n_qubits, input_size=n_inputs, **layer_kwargs
     )
