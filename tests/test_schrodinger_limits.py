@@ -56,6 +56,43 @@ def test_worker_threads_that_cannot_start_raise_runtime_error():
         assert line.startswith("RuntimeError: quflow: could not start worker thread"), line
 
 
+@pytest.mark.skipif(SANITIZED, reason="ASan's shadow memory does not run under RLIMIT_AS")
+def test_a_one_thread_call_needs_no_thread_it_cannot_start():
+    """A long one-thread call is watched from a worker; if none can start, the calling
+    thread does the work itself, as it always could (found in review)."""
+    done = _python("""
+        import resource, numpy as np
+        from quflow import _core
+        psi = np.ones((4096, 8), np.complex128) * 0.1
+        V = np.zeros((1, 8))
+        short = _core.forward_c128(psi[:8], V, dt=0.1, dx=0.1, steps=100, threads=1)
+        vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize"))
+        # room for the output arrays, not for an 8 MB thread stack
+        resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (4 << 20),) * 2)
+        out = _core.forward_c128(psi, V, dt=0.1, dx=0.1, steps=100, threads=1)  # 3.3M point-steps
+        print(np.array_equal(out[:8], short))
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True"]
+
+
+def test_a_daemon_thread_in_a_long_call_does_not_abort_the_exit():
+    """The interpreter exits while a daemon thread is inside a long call: no abort (the
+    poll leaves the GIL alone while Python finalizes; found in review)."""
+    done = _python("""
+        import threading, time, torch, quflow
+        torch.set_num_threads(1)
+        grid = quflow.Grid(16, 2.0)
+        psi = quflow.random_states(grid, 12, seed=0)
+        threading.Thread(target=lambda: quflow.crank_nicolson(psi, dt=0.1, dx=grid.dx,
+                                                              steps=10**9), daemon=True).start()
+        time.sleep(0.5)
+        print("exiting", flush=True)
+    """)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["exiting"]
+
+
 @pytest.mark.parametrize("direction", ["forward", "backward"])
 def test_a_long_call_stops_on_ctrl_c_and_leaves_nothing_behind(direction):
     done = _python(f"""

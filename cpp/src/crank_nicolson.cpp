@@ -5,11 +5,17 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
+#if defined(__GLIBCXX__)
+#include <cxxabi.h>  // abi::__forced_unwind
+#endif
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -160,6 +166,13 @@ void parallel_blocks(Index blocks, int nt, const Poll* poll, int* stop, Body&& b
         if (--running == 0) all_done.notify_all();
       });
     } catch (const std::exception& e) {
+      if (pool.empty()) {
+        // not a single worker: the calling thread does every part itself, unwatched
+        // (as a one-thread call always did), rather than failing a call that needs none
+        for (int u = 0; u < nt; ++u) run(u);
+        rethrow_first(errors);
+        return;
+      }
       halt();
       join_all();
       throw std::runtime_error("quflow: could not start worker thread " + std::to_string(t + 1) +
@@ -178,6 +191,14 @@ void parallel_blocks(Index blocks, int nt, const Poll* poll, int* stop, Body&& b
       lock.unlock();
       try {
         cancelled = (*poll)();
+#if defined(__GLIBCXX__)
+      } catch (abi::__forced_unwind&) {
+        // the thread is being ended (pthread_exit, e.g. by an exiting interpreter): stop
+        // and join the workers, then let the unwinding go on
+        halt();
+        join_all();
+        throw;
+#endif
       } catch (...) {
         poll_error = std::current_exception();
         cancelled = true;
@@ -212,13 +233,24 @@ int thread_count(Index blocks, int threads) {
   return static_cast<int>(std::max<Index>(1, std::min<Index>(threads, blocks)));
 }
 
-/// max_j |z_j| of `size` complex numbers (each |z| bounded by its larger component × √2).
+/// A state (or cotangent) must leave the step's intermediate (I ∓ i·dt/2·H)ψ finite:
+/// its largest component (one vectorised pass over the 2·size components; |z| ≤ √2 ×
+/// its larger component) is compared with System::max_state. This is the only scan of
+/// `z`; the binding leaves it to the core, where the GIL is released.
 template <class T>
-double max_modulus(const std::complex<T>* z, Index size) {
-  double m = 0;
-  for (Index i = 0; i < size; ++i)
-    m = std::max({m, std::abs(double(z[i].real())), std::abs(double(z[i].imag()))});
-  return m * std::sqrt(2.0);
+void check_state(const System<T>& sys, const typename System<T>::Bounds& bounds,
+                 const std::complex<T>* z, Index size, const char* name) {
+  const double m = System<T>::max_abs(reinterpret_cast<const T*>(z), 2 * size);
+  const double limit = sys.max_state(bounds) / std::sqrt(2.0);
+  if (m > limit) {
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "%s: a component of size %.3g exceeds %.3g, the limit in %s for these dt, "
+                  "dx, V and u (a step forms (I - i*dt/2*H)psi, which would overflow); the "
+                  "propagation is linear: rescale it",
+                  name, m, limit, sizeof(T) == 4 ? "float32" : "float64");
+    throw std::invalid_argument(buf);
+  }
 }
 
 /// The poll to watch a call with, or null when the call is too short to need one.
@@ -299,8 +331,7 @@ void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<
   const auto bounds = sys.check();
   QUFLOW_CHECK(psi0 != nullptr && out != nullptr, "psi0 and out must not be null");
   QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
-  QUFLOW_CHECK(max_modulus(psi0, sys.batch * sys.n) <= sys.max_state(bounds),
-               "psi0: too large; the step would overflow");
+  check_state(sys, bounds, psi0, sys.batch * sys.n, "psi0");
   QUFLOW_CHECK(!trajectory || (sys.steps < std::numeric_limits<Index>::max() &&
                                size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*out))),
                "the trajectory's size overflows");
@@ -323,9 +354,8 @@ void cn_backward(const System<T>& sys, const std::complex<T>* states, bool state
   QUFLOW_CHECK(!states_full || (sys.steps < std::numeric_limits<Index>::max() &&
                                 size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*states))),
                "the trajectory's size overflows");
-  QUFLOW_CHECK(max_modulus(grad_out, sys.batch * sys.n * (grad_full ? sys.steps + 1 : 1)) <=
-                   sys.max_state(bounds),
-               "grad_out: too large; the adjoint step would overflow");
+  check_state(sys, bounds, grad_out, sys.batch * sys.n * (grad_full ? sys.steps + 1 : 1),
+              "grad_out");
   // the adjoint of a constant H is faster with one register per point
   with_lanes<T>(sys.batch, !sys.constant_hamiltonian(), [&](auto w) {
     backward_w<T, decltype(w)::value>(sys, states, states_full, grad_out, grad_full, grads,
