@@ -112,7 +112,7 @@ def crank_nicolson(
     ``h·|V| ≫ 1``, round-off grows with ``h·e`` (norm drift up to ``O(1)`` for such
     adversarial potentials at ``h·e ≳ 1e6`` in float, ``≳ 1e14`` in double). States
     (and, in backward, cotangents) must leave ``(I − i·h·H)ψ`` finite: components up to
-    ``max_float / (16·√n·(1 + h·max|d| + 2h·e))`` (``~2e35`` in float for ``n = 20``,
+    ``max_float / (16·√n·(1 + h·max|d| + 2h·e))`` (``~8e34`` in float for ``n = 20``,
     ``dt = 0.2``, ``dx = 0.1``); the map is linear, so rescale larger ones.
 
     The op is differentiable with respect to ``psi0``, ``potential``, ``control`` and
