@@ -378,7 +378,8 @@ class QuantumLayer(nn.Module):
     Copies (``copy.deepcopy``), ``pickle`` and ``torch.save(model)`` work at any time:
     the simulator state is a cache rebuilt on demand (a device instance is rebuilt
     from its name and wires). A layer may be called from several threads: each engine
-    serialises its runs.
+    serialises its runs, and a lock guards the layer's engine cache and the calls it
+    keeps for :class:`quflow.QNG`.
 
     Example:
         >>> import pennylane as qml, torch, quflow
