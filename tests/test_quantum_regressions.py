@@ -337,3 +337,233 @@ def test_per_sample_recording_on_other_devices(device, method):
     gb = torch.autograd.grad(b.sum(), [x, other.w])
     for p, q in zip(ga, gb):
         torch.testing.assert_close(q, p, rtol=0, atol=TOL)
+
+
+# ----------------------------------------------------------------- code review of issue 11
+
+
+@pytest.mark.parametrize("head", ["relu_inplace", "add_inplace", "setitem"])
+def test_in_place_ops_on_the_output_work_with_a_qng_optimizer(head):
+    # before: the output was a view made in a custom Function; any in-place op raised
+    def run(use_qng):
+        torch.manual_seed(0)
+        q = QuantumLayer(embedded, {"weights": (1, 2, 3)}, wires=2).double()
+        lin = nn.Linear(2, 2).double()
+        opt = quflow.QNG(nn.Sequential(lin, q), lr=0.1) if use_qng else None
+        x = torch.rand(4, 2, dtype=torch.float64)
+        out = q(lin(x))
+        if head == "relu_inplace":
+            out = nn.ReLU(inplace=True)(out)
+        elif head == "add_inplace":
+            out += torch.tensor([0.5, -0.25], dtype=torch.float64)
+        else:
+            out[:, 0] = 0.0
+        out.pow(2).sum().backward()
+        grads = (q.weights.grad.clone(), lin.weight.grad.clone())
+        if use_qng:
+            assert [tuple(c.inputs.shape) for c in q._stepped] == [(4, 2)]
+            opt.step()
+        return grads
+
+    for a, b in zip(run(False), run(True)):
+        torch.testing.assert_close(a, b, rtol=0, atol=TOL)
+
+
+def test_pinn_derivatives_count_the_batch_once_in_the_qng_metric():
+    # before: check_pointwise's probe forward registered a call, so the first step's
+    # metric summed the collocation batch twice
+    torch.manual_seed(0)
+    q = QuantumLayer(embedded, {"weights": (1, 2, 3)}, wires=2)
+    model = nn.Sequential(nn.Linear(1, 2), nn.Tanh(), q, nn.Linear(2, 1)).double()
+    opt = quflow.QNG(model, lr=0.05)
+    x = torch.linspace(0, 1, 6, dtype=torch.float64).reshape(-1, 1)
+    x0 = torch.zeros(1, 1, dtype=torch.float64)
+    for _ in range(2):  # the first step runs check_pointwise, the second does not
+        opt.zero_grad()
+        u, ux = quflow.pinn.derivatives(model, x, order=1)
+        loss = (ux - torch.cos(x)).pow(2).mean() + model(x0).pow(2).sum()
+        loss.backward()
+        assert [tuple(c.inputs.shape) for c in q._stepped] == [(6, 2), (1, 2)]
+        with torch.no_grad():
+            expected = quflow.metric_tensor(q, model[1](model[0](x))) + quflow.metric_tensor(
+                q, model[1](model[0](x0))
+            )
+        opt.step()
+        metric = opt.state[q.weights]["metric"]
+        torch.testing.assert_close(metric, expected, rtol=0, atol=1e-12)
+
+
+def test_calls_do_not_pile_up_while_another_optimizer_trains():
+    # before: Adam warm-up with a QNG alive kept every call, and the first QNG metric was
+    # the sum of all of them (200× too large after 200 Adam steps)
+    torch.manual_seed(0)
+    q = QuantumLayer(embedded, {"weights": (1, 2, 3)}, wires=2).double()
+    qng = quflow.QNG(q, lr=0.05)
+    adam = torch.optim.Adam(q.parameters(), lr=1e-2)
+    x = torch.rand(5, 2, dtype=torch.float64)
+    for _ in range(20):
+        adam.zero_grad()
+        q(x).pow(2).sum().backward()
+        adam.step()
+    assert len(q._stepped) <= 1
+    # the next QNG step, without QNG.zero_grad (model.zero_grad() instead): one call
+    q.zero_grad()
+    q(x).pow(2).sum().backward()
+    assert len(q._stepped) == 1
+    expected = quflow.metric_tensor(q, x)
+    qng.step()
+    torch.testing.assert_close(qng.state[q.weights]["metric"], expected, rtol=0, atol=1e-12)
+    # QNG.zero_grad clears registered calls (forward before or after it: backward registers)
+    q(x).sum().backward()
+    qng.zero_grad()
+    assert q._stepped == []
+
+
+def test_registered_calls_are_capped(monkeypatch):
+    # frozen weights never change, so nothing marks old calls stale: the cap bounds memory
+    from quflow import quantum
+
+    monkeypatch.setattr(quantum, "_MAX_STEPPED", 3)
+    torch.manual_seed(0)
+    q = QuantumLayer(embedded, {"weights": (1, 2, 3)}, wires=2).double()
+    opt = quflow.QNG(q, lr=0.05)
+    for b in range(1, 8):
+        q(torch.rand(b, 2, dtype=torch.float64)).sum().backward()
+    assert [c.inputs.shape[0] for c in q._stepped] == [5, 6, 7]
+    with pytest.warns(RuntimeWarning, match="last 3"):
+        opt.step()
+    assert q._stepped == []
+
+
+def test_threads_share_a_layer_with_a_qng_optimizer(monkeypatch):
+    # the engine cache's eviction and the registered calls are guarded by a lock
+    import threading
+
+    from quflow import quantum
+
+    monkeypatch.setattr(quantum, "_ENGINE_CACHE_SIZE", 1)
+
+    def circuit(inputs, w):
+        for i in range(int(inputs.shape[-1])):  # a different program per input width
+            qml.RX(inputs[..., i], wires=i % 2)
+        qml.RY(w, wires=0)
+        return qml.expval(qml.PauliZ(0))
+
+    q = QuantumLayer(circuit, {"w": 1}, wires=2).double()
+    opt = quflow.QNG(q, lr=0.05)
+    errors = []
+
+    def work(seed):
+        try:
+            gen = torch.Generator().manual_seed(seed)
+            for _ in range(10):
+                x = torch.rand(3, 2, generator=gen, dtype=torch.float64)
+                q(x).sum().backward()
+                q._take_stepped()
+        except Exception as err:  # pragma: no cover - what the test looks for
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(q._engines) <= 1
+    del opt
+
+
+def arccos_angles(inputs, w):
+    qml.AngleEmbedding(torch.arccos(inputs), wires=range(4), rotation="Y")
+    qml.RY(w, wires=0)
+    qml.CNOT(wires=[0, 1])
+    return [qml.expval(qml.PauliZ(0)), qml.expval(qml.PauliZ(1))]
+
+
+def test_batching_probe_uses_the_users_inputs():
+    # before: random probes in [0.3, 2.3] gave NaN angles for arccos, the batched and
+    # per-sample recordings compared unequal and the layer silently recorded per sample
+    torch.manual_seed(0)
+    q = QuantumLayer(arccos_angles, {"w": 1}, wires=4).double()
+    x = torch.rand(6, 4, dtype=torch.float64)
+    out = q(x)
+    assert q._per_sample is False
+    loop = torch.stack([q(x[b]) for b in range(6)])
+    torch.testing.assert_close(out, loop, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_amplitude_embedding_without_normalisation_matches_torchlayer(normalize):
+    # before: normalize=False failed on the first call (the random probe is not normalised)
+    def circuit(inputs, w):
+        qml.AmplitudeEmbedding(inputs, wires=range(2), normalize=normalize)
+        qml.RY(w, wires=0)
+        qml.CNOT(wires=[0, 1])
+        return [qml.expval(qml.PauliZ(i)) for i in range(2)]
+
+    torch.manual_seed(0)
+    tl = qml.qnn.TorchLayer(qml.QNode(circuit, qml.device("default.qubit", wires=2), interface="torch"), {"w": 1})
+    x = torch.rand(3, 4, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True)
+    q = QuantumLayer(circuit, {"w": 1}, wires=2)
+    q.load_state_dict(tl.state_dict())
+    torch.testing.assert_close(q(x), tl(x).to(q(x).dtype), rtol=0, atol=1e-6)
+
+
+def basis(inputs, w):
+    qml.BasisEmbedding(inputs, wires=range(2))
+    qml.RY(w, wires=0)
+    return qml.expval(qml.PauliZ(0))
+
+
+def test_basis_embedding_on_its_first_call():
+    # before: the random probe's non-binary values failed with "Basis state must only
+    # consist of 0s and 1s". BasisEmbedding's gates depend on the bits, so a batch of
+    # different bit strings gets the structure error with its rotation equivalent; a batch
+    # of one bit string (or one row) runs
+    q = QuantumLayer(basis, {"w": 1}, wires=2).double()
+    with pytest.raises(ValueError, match="AngleEmbedding"):
+        q(torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64))
+    for x in ([[1.0, 0.0]], [[1.0, 1.0], [1.0, 1.0]]):
+        q = QuantumLayer(basis, {"w": 1}, wires=2).double()
+        x = torch.tensor(x, dtype=torch.float64)
+        w = q.w.detach()
+        # ⟨Z_0⟩ after RY(w) on |b_0⟩: −cos(w) for b_0 = 1
+        torch.testing.assert_close(q(x), -torch.cos(w).expand(x.shape[0]), rtol=0, atol=TOL)
+
+
+def test_probe_errors_name_the_users_samples():
+    def circuit(inputs, w):
+        qml.RX(inputs[0], wires=0)
+        qml.RY(w[0], wires=0)  # w is a scalar: indexing it fails on every sample
+        return qml.expval(qml.PauliZ(0))
+
+    q = QuantumLayer(circuit, {"w": 1}, wires=1)
+    with pytest.raises(ValueError, match="sample 0 of the inputs"):
+        q(torch.rand(3, 1))
+
+
+def test_weight_dependence_hidden_by_zero_inputs_is_still_found():
+    # the user's batch is all zeros: w enters only as inputs[0] * w, so the check falls
+    # back to random inputs rather than reporting an unused weight
+    def circuit(inputs, w):
+        qml.RX(inputs[..., 0] * w, wires=0)
+        return qml.expval(qml.PauliZ(0))
+
+    q = QuantumLayer(circuit, {"w": 1}, wires=1).double()
+    assert q(torch.zeros(4, 1, dtype=torch.float64)).shape == (4,)
+
+
+@pytest.mark.parametrize("size", [0, -2, np.int64(0)])
+def test_non_positive_int_weight_shapes_name_the_weight(size):
+    # before: 0 gave an empty weight, -2 torch's RuntimeError from torch.empty
+    with pytest.raises(ValueError, match=r"weight_shapes\['w'\]"):
+        QuantumLayer(one_feature, {"w": size}, wires=1)
+
+
+def test_plain_function_without_wires_uses_the_wires_it_touches():
+    # what the README says about wires=None for a plain function
+    q = QuantumLayer(embedded, {"weights": (1, 2, 3)}).double()
+    assert q.wires is None
+    q(torch.rand(2, 2, dtype=torch.float64))
+    assert q.wires == [0, 1]

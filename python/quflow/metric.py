@@ -281,7 +281,7 @@ def metric_tensor(
         if max_samples is not None and x.shape[0] > max_samples:
             x = x[:: -(-x.shape[0] // max_samples)]
         if layer._per_sample is None:
-            layer._detect_batching(x.shape[-1])
+            layer._detect_batching(x)
         batch = x.shape[0]
     else:
         if inputs is not None:

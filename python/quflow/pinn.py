@@ -74,8 +74,12 @@ def check_pointwise(model: Callable, x: torch.Tensor, *, probes: int = 2, rtol: 
     n = x.shape[0]
     if n < 2:
         return
+    from .quantum import _no_registration
+
     xs = x.detach().clone().requires_grad_(True)
-    u = _scalar_outputs(model(xs), n)
+    # a probe, not a loss: a quflow.QNG must not count these forward calls in its metric
+    with _no_registration():
+        u = _scalar_outputs(model(xs), n)
     if not u.requires_grad:  # the outputs do not depend on x at all
         return
     step = max(1, (n - 1) // max(1, probes - 1))

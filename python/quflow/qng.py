@@ -81,7 +81,19 @@ class QNG(torch.optim.Optimizer):
     the product state ``⊗_c |ψ(x_cb; θ)⟩``, whose Fubini–Study metric is the sum of the
     factors' metrics; rows of one call are averaged (samples of the data, as for a
     single call). Gradient accumulation over several ``backward()`` calls before one
-    ``step()`` therefore sums their metrics, like their gradients. The linear system
+    ``step()`` therefore sums their metrics, like their gradients.
+
+    Which backward passes register a call: any backward pass that reaches the call's
+    outputs, once per call however often it is reached: ``loss.backward()``, and also
+    ``torch.autograd.grad`` (so ``u = q(x)`` differentiated for ``du/dx`` and then
+    ``loss.backward()`` count ``u``'s call once). Not registered: calls under
+    ``torch.no_grad()``, calls whose outputs no backward reaches, and the probe passes
+    of :func:`quflow.pinn.check_pointwise` (also run by ``pinn.derivatives``).
+    Registered calls are cleared by :meth:`zero_grad` and by each step; a call
+    evaluated at other weights than a newer one (the weights were updated in between,
+    e.g. by another optimizer while this one exists) is dropped when the newer one
+    registers, and at most 256 calls are kept per layer (a ``RuntimeWarning`` at the
+    step says when some were dropped). The linear system
     is solved by Cholesky; if ``g + λI`` is singular (``lam=0`` on a rank-deficient
     metric, condition number above ~1e12) the minimum-norm least-squares solution is
     used with a ``RuntimeWarning``.
@@ -210,6 +222,12 @@ class QNG(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the gradients, and the forward calls registered for the next metric."""
+        super().zero_grad(set_to_none)
+        for layer in self._layers:
+            layer._clear_stepped()
+
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None):
         """One update. ``closure`` (optional) re-evaluates the model and calls backward.
@@ -235,7 +253,15 @@ class QNG(torch.optim.Optimizer):
     def _quantum_step(self, group: dict) -> None:
         params = group["params"]
         layer = self._layers[group["layer"]]
-        calls = layer._take_stepped()  # the forward calls whose graphs backward() went through
+        calls, dropped = layer._take_stepped()  # the forward calls whose graphs backward() went through
+        if dropped:
+            warnings.warn(
+                f"QNG: {dropped + len(calls)} forward calls of a QuantumLayer were registered "
+                f"since the last step; the metric uses the last {len(calls)} of them. Call "
+                "QNG.zero_grad() at the start of each step.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if all(p.grad is None for p in params):
             return
         state = self.state[params[0]]

@@ -29,7 +29,10 @@ import inspect
 import math
 import numbers
 import os
+import threading
+import warnings
 import weakref
+from contextlib import contextmanager
 from collections.abc import Iterable
 from typing import Any, Callable, Mapping, Sequence
 
@@ -42,6 +45,29 @@ from . import _qprogram as _qp
 __all__ = ["QuantumLayer", "set_lightning_threads"]
 
 _ENGINE_CACHE_SIZE = 16
+# at most this many registered calls wait for a QNG step per layer (oldest dropped)
+_MAX_STEPPED = 256
+
+_local = threading.local()
+
+
+@contextmanager
+def _no_registration():
+    """Forward calls made inside (this thread) keep no inputs for :class:`quflow.QNG`:
+    backward passes through them register nothing (``pinn.check_pointwise``'s probes)."""
+    previous = getattr(_local, "suppress", False)
+    _local.suppress = True
+    try:
+        yield
+    finally:
+        _local.suppress = previous
+
+
+def _weights_version(layer) -> tuple:
+    """In-place update counters of the layer's weights: they change whenever an
+    optimizer (or the user) updates a weight, so a call recorded before that belongs to
+    a loss that was already stepped."""
+    return tuple(w._version for w in layer._weights().values())
 
 
 class _Call:
@@ -49,20 +75,25 @@ class _Call:
     ``None``), handed to the layer's list of stepped calls when a backward pass reaches
     it (what :class:`quflow.QNG` takes the metric from)."""
 
-    __slots__ = ("inputs", "layer", "seen")
+    __slots__ = ("inputs", "layer", "seen", "version")
 
     def __init__(self, inputs, layer) -> None:
         self.inputs = inputs
         self.layer = weakref.ref(layer)
         self.seen = False
+        self.version = _weights_version(layer)  # the weights this call was evaluated at
 
 
 class _Mark(torch.autograd.Function):
-    """Identity on the layer's outputs; its backward registers the call (once)."""
+    """Identity on the layer's outputs; its backward registers the call (once).
+
+    It returns a copy, not a view, so the layer's output is an ordinary tensor that
+    in-place operations (``nn.ReLU(inplace=True)``, ``out += b``) may modify.
+    """
 
     @staticmethod
     def forward(values, call):
-        return values.view_as(values)
+        return values.clone()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -75,7 +106,7 @@ class _Mark(torch.autograd.Function):
             call.seen = True
             layer = call.layer()
             if layer is not None:
-                layer._stepped.append(call.inputs)
+                layer._register(call)
         return grad, None
 
 
@@ -226,6 +257,8 @@ def _shape(name: str, size: Any) -> tuple[int, ...]:
     """TorchLayer's convention: an int ``1`` is a scalar, an int ``n`` is ``(n,)``, a
     sequence is the shape; numpy integers count as ints."""
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
+        if int(size) < 1:
+            raise ValueError(f"weight_shapes[{name!r}] must be a positive int or a sequence of them, got {size!r}")
         return () if int(size) == 1 else (int(size),)
     if isinstance(size, Iterable) and not isinstance(size, (str, bytes)):
         shape = tuple(size)
@@ -300,10 +333,11 @@ class QuantumLayer(nn.Module):
     angles may be any torch expression of inputs and weights.
 
     Batches: the circuit's meaning for one sample is ``circuit(x)`` with ``x`` of shape
-    ``(F,)``. On the first call the layer checks, at two random samples, whether the
-    circuit also handles a batch ``(B, F)`` (``AngleEmbedding``, ``inputs[..., i]``) and
-    gives the same angles; if not (``inputs[0]`` indexes the batch), it records the
-    circuit once per sample, which is slower but right.
+    ``(F,)``. On the first call the layer checks, at two different samples of that call's
+    batch (random ones only if it has no two different rows), whether the circuit also
+    handles a batch ``(B, F)`` (``AngleEmbedding``, ``inputs[..., i]``) and gives the same
+    angles; if not (``inputs[0]`` indexes the batch), it records the circuit once per
+    sample, which is slower but right.
 
     Args:
         circuit: ``circuit(inputs, **weights)`` or ``circuit(**weights)``, or a
@@ -344,7 +378,8 @@ class QuantumLayer(nn.Module):
     Copies (``copy.deepcopy``), ``pickle`` and ``torch.save(model)`` work at any time:
     the simulator state is a cache rebuilt on demand (a device instance is rebuilt
     from its name and wires). A layer may be called from several threads: each engine
-    serialises its runs.
+    serialises its runs, and a lock guards the layer's engine cache and the calls it
+    keeps for :class:`quflow.QNG`.
 
     Example:
         >>> import pennylane as qml, torch, quflow
@@ -478,14 +513,16 @@ class QuantumLayer(nn.Module):
         self._per_sample: bool | None = None
         self._single_output = False
         self._qnode = None
-        self._stepped: list = []  # inputs of the calls a backward pass went through (QNG)
+        self._stepped: list = []  # the _Calls a backward pass went through (QNG)
+        self._stepped_dropped = 0  # calls dropped by the _MAX_STEPPED cap since the last take
         self._trackers: weakref.WeakSet = weakref.WeakSet()  # the QNG optimizers that read them
+        self._lock = threading.Lock()  # guards _stepped and _engines
 
     def __getstate__(self) -> dict:
         """Parameters and settings; simulator engines, QNodes and device instances are
         caches, rebuilt on demand (lightning's state vectors cannot be pickled)."""
         state = self.__dict__.copy()
-        for key in ("_engines", "_qnode", "_stepped", "_trackers", "_device"):
+        for key in ("_engines", "_qnode", "_stepped", "_stepped_dropped", "_trackers", "_device", "_lock"):
             state.pop(key, None)
         return state
 
@@ -512,19 +549,23 @@ class QuantumLayer(nn.Module):
 
     def _engine(self, program: _qp.Program):
         key = program.key()
-        engine = self._engines.get(key)
-        if engine is None:
-            if len(self._engines) >= _ENGINE_CACHE_SIZE:
-                self._engines.pop(next(iter(self._engines)))
-            if self.device_name == "lightning.qubit" and not self.shots:
-                _default_threads()
-                engine = _qp.LightningEngine(program)
-            else:
-                engine = _qp.DeviceEngine(program, self._device_instance(), self.wires, self.shots)
-            if self.diff_method == "parameter-shift":
-                engine = _qp.ShiftEngine(engine)
-            self._engines[key] = engine
-        return engine
+        with self._lock:
+            engine = self._engines.get(key)
+        if engine is not None:
+            return engine
+        if self.device_name == "lightning.qubit" and not self.shots:
+            _default_threads()
+            engine = _qp.LightningEngine(program)
+        else:
+            engine = _qp.DeviceEngine(program, self._device_instance(), self.wires, self.shots)
+        if self.diff_method == "parameter-shift":
+            engine = _qp.ShiftEngine(engine)
+        with self._lock:  # another thread may have built the same engine meanwhile: keep one
+            if key not in self._engines:
+                while len(self._engines) >= _ENGINE_CACHE_SIZE:
+                    self._engines.pop(next(iter(self._engines)))
+                self._engines[key] = engine
+            return self._engines[key]
 
     def _validate_inputs(self, inputs):
         _checks.tensor("inputs", inputs)
@@ -542,16 +583,15 @@ class QuantumLayer(nn.Module):
     def _call_kwargs(self, x, weights) -> dict:
         return weights if x is None else {self.input_arg: x, **weights}
 
-    def _record_raw(self, x, weights, batch, columns=None):
-        """One recording: ``x`` is ``(B, F)`` (batched), ``(F,)`` (one sample) or None."""
+    def _record_raw(self, x, weights, batch, columns=None, what=None):
+        """One recording: ``x`` is ``(B, F)`` (batched), ``(F,)`` (one sample) or None;
+        ``what`` names ``x`` in errors (default: inputs of its shape)."""
         try:
             return _qp.record(self.circuit, (), self._call_kwargs(x, weights), self.wires, batch, columns)
         except (ValueError, TypeError, IndexError, KeyError, RuntimeError) as err:
             shapes = {k: tuple(v.shape) for k, v in weights.items()}
-            raise ValueError(
-                f"QuantumLayer: recording the circuit with inputs of shape "
-                f"{None if x is None else tuple(x.shape)} and weights {shapes} failed: {err}"
-            ) from err
+            what = what or f"inputs of shape {None if x is None else tuple(x.shape)}"
+            raise ValueError(f"QuantumLayer: recording the circuit with {what} and weights {shapes} failed: {err}") from err
 
     def _record(self, x, weights, batch, columns=None):
         """Program and angles ``(B, G)`` for inputs ``x`` ``(B, F)`` (or None)."""
@@ -571,7 +611,9 @@ class QuantumLayer(nn.Module):
                     "QuantumLayer: the circuit's gates or measurements depend on the input "
                     "values (they differ between samples); keep the structure fixed and put "
                     "the inputs into gate angles (an operation given only by a matrix that "
-                    "depends on the inputs has no angle: decompose it into rotations)"
+                    "depends on the inputs has no angle: decompose it into rotations; "
+                    "BasisEmbedding(inputs) is AngleEmbedding(math.pi * inputs, rotation='X') "
+                    "up to a global phase)"
                 )
             angles = torch.cat(rows, dim=0)
             if columns is not None:
@@ -582,23 +624,51 @@ class QuantumLayer(nn.Module):
             self.wires = list(program.labels)
         return program, angles
 
-    def _detect_batching(self, width: int) -> None:
+    @staticmethod
+    def _probe_rows(x) -> tuple[int, int] | None:
+        """Two rows of the batch ``x`` ``(B, F)`` that differ in as many features as
+        possible (row 0 and the most different one), or None if all rows are equal."""
+        if x is None or x.shape[0] < 2:
+            return None
+        rows = x.detach()
+        differ = rows.ne(rows[:1]) & ~(rows.isnan() & rows[:1].isnan())  # (B, F)
+        counts = differ.sum(dim=1)
+        j = int(counts.argmax())
+        return (0, j) if int(counts[j]) > 0 else None
+
+    def _detect_batching(self, x) -> None:
         """Does ``circuit(X)`` on a batch ``(2, F)`` give the angles of ``circuit(X[0])`` and
-        ``circuit(X[1])``? If not, record per sample (``inputs[0]`` indexes the batch)."""
+        ``circuit(X[1])``? If not, record per sample (``inputs[0]`` indexes the batch).
+
+        ``X`` is two rows of the user's batch ``x`` ``(B, F)`` (so circuits with an input
+        domain, ``arccos(inputs)`` or ``BasisEmbedding``, see valid data), two random rows
+        only when ``x`` has no two different rows.
+        """
         gen = torch.Generator().manual_seed(1)
-        probe = torch.rand(2, width, generator=gen, dtype=torch.float64) * 2 + 0.3
+        pair = self._probe_rows(x)
+        if pair is not None:
+            probe = x.detach()[list(pair)].to(torch.float64)
+            names = [f"sample {pair[0]} of the inputs", f"sample {pair[1]} of the inputs"]
+            both = f"samples {pair[0]} and {pair[1]} of the inputs"
+        else:
+            probe = torch.rand(2, x.shape[-1], generator=gen, dtype=torch.float64) * 2 + 0.3
+            names = [f"random inputs of shape ({x.shape[-1]},)"] * 2
+            both = f"random inputs of shape (2, {x.shape[-1]})"
         weights = {k: torch.rand(w.shape, generator=gen, dtype=torch.float64) + 0.5 for k, w in self._weights().items()}
         wires = self.wires
         try:
-            batched = self._record_raw(probe, weights, 2)
+            batched = self._record_raw(probe, weights, 2, what=both)
         except ValueError:
             batched = None
         finally:
             self.wires = wires
         try:
-            single = [self._record_raw(probe[b], weights, 1) for b in range(2)]
+            single = [self._record_raw(probe[b], weights, 1, what=names[b]) for b in range(2)]
         except ValueError:
             if batched is None:
+                if pair is None:  # random inputs outside the circuit's input domain:
+                    self._per_sample = True  # per sample is right for every circuit
+                    return
                 raise
             self._per_sample = False
             return
@@ -607,44 +677,81 @@ class QuantumLayer(nn.Module):
         same = (
             batched is not None
             and batched[0].key() == single[0][0].key() == single[1][0].key()
-            and torch.allclose(batched[1], torch.cat([single[0][1], single[1][1]]), rtol=0, atol=1e-12)
+            and torch.allclose(
+                batched[1], torch.cat([single[0][1], single[1][1]]), rtol=0, atol=1e-12, equal_nan=True
+            )
         )
         self._per_sample = not same
 
-    def _check_weights_used(self, width, batch) -> None:
+    def _check_weights_used(self, x, batch) -> None:
         """First call: every weight entry must reach some gate angle.
 
-        Runs on detached copies at random inputs (so zeros in the user's batch, frozen
-        weights or ``torch.no_grad`` cannot hide or fake a dependence).
+        Runs on detached random copies of the weights (so frozen weights or
+        ``torch.no_grad`` cannot hide or fake a dependence) at the user's inputs ``x``
+        ``(B, F)`` (or None); an entry that seems unused there is checked again at random
+        inputs, so zeros in the user's batch cannot hide a dependence either.
         """
         gen = torch.Generator().manual_seed(0)
-        with torch.enable_grad():
-            copies = {
-                k: (torch.rand(w.shape, generator=gen, dtype=torch.float64) * 2 + 0.5).requires_grad_(True)
-                for k, w in self._weights().items()
-            }
-            probe = None if width is None else torch.rand(batch, width, generator=gen, dtype=torch.float64) + 0.5
-            program, angles = self._record(probe, copies, batch)
-            self._single_output = program.single_output
-            if not copies:
-                return
-            if angles.numel() == 0 or not angles.requires_grad:
-                grads = [None] * len(copies)
-            else:
-                weight = torch.rand(angles.shape, dtype=angles.dtype, generator=gen) + 0.5
-                grads = torch.autograd.grad((angles * weight).sum(), list(copies.values()), allow_unused=True)
-        for (name, w), g in zip(copies.items(), grads):
-            used = 0 if g is None else int(g.ne(0).sum())
-            if used != w.numel():
+        copies = {
+            k: (torch.rand(w.shape, generator=gen, dtype=torch.float64) * 2 + 0.5)
+            for k, w in self._weights().items()
+        }
+
+        def used_entries(probe):  # per weight: which entries reach an angle, (shape) bool
+            with torch.enable_grad():
+                leaves = {k: w.clone().requires_grad_(True) for k, w in copies.items()}
+                program, angles = self._record(probe, leaves, batch)
+                self._single_output = program.single_output
+                if not leaves:
+                    return []
+                if angles.numel() == 0 or not angles.requires_grad:
+                    grads = [None] * len(leaves)
+                else:
+                    weight = torch.rand(angles.shape, dtype=angles.dtype, generator=gen) + 0.5
+                    grads = torch.autograd.grad((angles * weight).sum(), list(leaves.values()), allow_unused=True)
+            return [torch.zeros(w.shape, dtype=torch.bool) if g is None else g.ne(0) for w, g in zip(leaves.values(), grads)]
+
+        used = used_entries(None if x is None else x.detach().to(torch.float64))
+        if x is not None and not all(bool(u.all()) for u in used):
+            random = torch.rand(batch, x.shape[-1], generator=gen, dtype=torch.float64) + 0.5
+            try:
+                used = [u | r for u, r in zip(used, used_entries(random))]
+            except ValueError:  # the circuit rejects random inputs (an input domain)
+                pass
+        for (name, w), u in zip(copies.items(), used):
+            count = int(u.sum())
+            if count != w.numel():
                 raise ValueError(
                     f"weight {name!r} of shape {tuple(w.shape)} has {w.numel()} entries but "
-                    f"the circuit uses {used} of them: weight_shapes does not match the circuit"
+                    f"the circuit uses {count} of them: weight_shapes does not match the circuit"
                 )
 
-    def _take_stepped(self) -> list:
-        """Inputs of the calls that backward passes went through since the last take."""
-        calls, self._stepped = self._stepped, []
-        return calls
+    def _register(self, call: _Call) -> None:
+        """A backward pass went through ``call``: keep it for the next QNG step.
+
+        Calls evaluated at other weight values than ``call`` (before an optimizer updated
+        the weights: Adam warm-up while a QNG exists) belong to losses already stepped and
+        are dropped; at most ``_MAX_STEPPED`` calls are kept.
+        """
+        with self._lock:
+            stepped = [c for c in self._stepped if c.version == call.version]
+            stepped.append(call)
+            if len(stepped) > _MAX_STEPPED:
+                self._stepped_dropped += len(stepped) - _MAX_STEPPED
+                stepped = stepped[-_MAX_STEPPED:]
+            self._stepped = stepped
+
+    def _clear_stepped(self) -> None:
+        with self._lock:
+            self._stepped, self._stepped_dropped = [], 0
+
+    def _take_stepped(self) -> tuple[list, int]:
+        """Inputs of the calls that backward passes went through since the last take (or
+        clear), and how many calls the cap dropped."""
+        with self._lock:
+            calls, dropped = self._stepped, self._stepped_dropped
+            self._stepped, self._stepped_dropped = [], 0
+        return [c.inputs for c in calls], dropped
 
     # ------------------------------------------------------------------ forward
 
@@ -687,8 +794,8 @@ class QuantumLayer(nn.Module):
 
         if not self._checked:
             if x is not None:
-                self._detect_batching(x.shape[-1])
-            self._check_weights_used(None if x is None else x.shape[-1], batch)
+                self._detect_batching(x)
+            self._check_weights_used(x, batch)
             self._checked = True
         if self.diff_method == "backprop":
             values, single = self._backprop(x, weights, batch)
@@ -696,7 +803,10 @@ class QuantumLayer(nn.Module):
             program, angles = self._record(x, weights, batch)
             raw, _ = _Expval.apply(angles, self._engine(program), True)
             values, single = program.read(raw), program.single_output
-        if len(self._trackers) and torch.is_grad_enabled() and values.requires_grad:
+        if (
+            len(self._trackers) and torch.is_grad_enabled() and values.requires_grad
+            and not getattr(_local, "suppress", False)
+        ):
             # a quflow.QNG steps this layer: keep this call's inputs in the graph
             values = _Mark.apply(values, _Call(None if x is None else x.detach().clone(), self))
         if self._has_inputs and self.input_size is None:
