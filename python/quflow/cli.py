@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             table = verdict.render(results, split=args.split)
         except (KeyError, TypeError, IndexError):
             parser.error(f"results: {path} lacks what this version of quflow writes; rerun "
-                         f"quflow reproduce (with --resume to reuse its checkpoints)")
+                         f"quflow reproduce")
         print(table, end="")
         return EXIT_OK
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -128,7 +128,8 @@ def load_checkpoint(path: Path) -> dict:
         raise CorruptCheckpoint(f"cannot read it ({exc.strerror})") from None
     head, sep, payload = data.partition(b"\n")
     if not sep or not head.startswith(_MAGIC):
-        raise CorruptCheckpoint("not a quflow checkpoint (missing or damaged header)")
+        raise CorruptCheckpoint("not a quflow checkpoint of this version (missing or damaged "
+                                "header)")
     if hashlib.sha256(payload).hexdigest().encode() != head[len(_MAGIC):]:
         raise CorruptCheckpoint("its content does not match its digest (damaged or edited)")
     try:
