@@ -66,3 +66,29 @@ def test_spacings_whose_inverse_square_overflows_are_refused():
     assert torch.isfinite(g.eigenvalues()).all()
     torch.testing.assert_close(g.eigenvalues()[0] * g.dx**2,
                                torch.tensor(4 * math.sin(math.pi / 10) ** 2, dtype=torch.float64))
+
+
+def test_random_states_over_chosen_modes_real_or_complex():
+    grid = quflow.Grid(20, 2.0)
+    phi = grid.eigenstates(4)
+    psi = quflow.random_states(grid, 50, seed=3, modes=(2, 4), real=True)
+    assert psi.imag.abs().max() == 0
+    in_span = (psi @ phi[[1, 3]].conj().T).abs().square().sum(-1)
+    assert torch.allclose(in_span, torch.ones(50, dtype=torch.float64), atol=1e-13)
+    assert (psi @ phi[[0, 2]].conj().T).abs().max() < 1e-14
+    # a list of the lowest N modes draws exactly what modes=N draws
+    assert torch.equal(quflow.random_states(grid, 5, seed=1, modes=[1, 2, 3]),
+                       quflow.random_states(grid, 5, seed=1, modes=3))
+    assert quflow.random_states(grid, 5, seed=1, modes=(1, 2)).imag.abs().max() > 0
+
+
+@pytest.mark.parametrize("kwargs,exc,msg", [
+    (dict(modes=(2, 21)), ValueError, "modes: the grid has 20 eigenstates, asked for 21"),
+    (dict(modes=(0, 2)), ValueError, "modes"),
+    (dict(modes=(2, 2)), ValueError, "modes: expected distinct eigenstate numbers"),
+    (dict(modes=()), ValueError, "modes: expected distinct eigenstate numbers"),
+    (dict(real=1), TypeError, "real: expected a bool"),
+])
+def test_random_states_bad_modes(kwargs, exc, msg):
+    with pytest.raises(exc, match=msg):
+        quflow.random_states(quflow.Grid(20, 2.0), 2, seed=0, **kwargs)

@@ -106,8 +106,7 @@ template <class T>
 quflow::System<T> make_system(py::ssize_t batch, py::ssize_t n, const RArray<T>& potential,
                                const std::optional<RArray<T>>& control,
                                const std::optional<RArray<T>>& control_shape, double dt,
-                               double dx, py::ssize_t steps,
-                               typename quflow::System<T>::Bounds& bounds) {
+                               double dx, py::ssize_t steps) {
   if (!(std::isfinite(dt) && dt > 0)) fail("dt: expected a finite number > 0");
   if (!(std::isfinite(dx) && dx > 0)) fail("dx: expected a finite number > 0");
   if (steps < 0) fail("steps: expected >= 0");
@@ -144,8 +143,7 @@ quflow::System<T> make_system(py::ssize_t batch, py::ssize_t n, const RArray<T>&
   }
   if (!(std::isfinite(sys.dt) && sys.dt > 0 && std::isfinite(sys.dx) && sys.dx > 0))
     fail("dt, dx: not representable in this precision");
-  bounds = sys.bounds();
-  const std::string range = sys.range_error(bounds);
+  const std::string range = sys.range_error(sys.bounds());
   if (!range.empty()) fail(range);
   return sys;
 }
@@ -159,9 +157,7 @@ py::array forward(const CArray<T>& psi0, const RArray<T>& potential,
   require_ndim(psi0, "psi0", 2, 2);
   require_aligned(psi0, "psi0");
   const py::ssize_t batch = psi0.shape(0), n = psi0.shape(1);
-  typename quflow::System<T>::Bounds bounds;
-  const auto sys =
-      make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps, bounds);
+  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
   if (trajectory && (steps == std::numeric_limits<py::ssize_t>::max() ||
                      !quflow::size_fits(batch, steps + 1, n, sizeof(std::complex<T>))))
     fail("steps: a trajectory of " + std::to_string(steps) + " + 1 states of (batch, n) = (" +
@@ -187,9 +183,7 @@ py::tuple backward(const CArray<T>& states, const CArray<T>& grad_out,
   require_aligned(states, "states");
   require_aligned(grad_out, "grad_out");
   const py::ssize_t batch = states.shape(0), n = states.shape(states.ndim() - 1);
-  typename quflow::System<T>::Bounds bounds;
-  const auto sys =
-      make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps, bounds);
+  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
   for (const CArray<T>* a : {&states, &grad_out}) {
     const char* name = a == &states ? "states" : "grad_out";
     const bool full = a->ndim() == 3;

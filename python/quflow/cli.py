@@ -232,9 +232,10 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
     prior = {}
     for s in trained:
         name = s.experiment.name
-        total[name] = total.get(name, 0) + s.epochs * s.seeds * 3
+        total[name] = total.get(name, 0) + s.epochs * len(s.configs())
         prior[name] = s.experiment.seconds_per_epoch
-    bar = _training.Progress(total, prior, sum(s.seeds * 3 for s in trained), enabled=progress)
+    bar = _training.Progress(total, prior, sum(len(s.configs()) for s in trained),
+                             enabled=progress)
     for s in setups:
         start = time.perf_counter()
         if s == "toy":

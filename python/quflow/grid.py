@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
+import numbers
 
 import torch
 
@@ -76,20 +79,24 @@ class Grid:
         return f"Grid(n={self.n}, length={self.length})"
 
 
-def random_states(grid: Grid, batch: int, *, seed: int | None = None, modes: int | None = None,
+def random_states(grid: Grid, batch: int, *, seed: int | None = None,
+                  modes: int | Sequence[int] | None = None, real: bool = False,
                   dtype: torch.dtype = torch.complex128,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random normalised states ``ψ = Σ_m c_m φ_m`` over the lowest box eigenstates.
+    """Random normalised states ``ψ = Σ_m c_m φ_m`` over box eigenstates.
 
-    The coefficients ``c_m`` (``m = 1..modes``) are i.i.d. standard complex Gaussians, and
-    ``ψ`` is normalised to ``‖ψ‖ = 1``; with ``modes = n`` (the default) this is the uniform
-    (Haar) distribution on the unit sphere of ``C^n``. Seeded runs are reproducible.
+    The coefficients ``c_m`` are i.i.d. standard complex Gaussians (real Gaussians with
+    ``real=True``), and ``ψ`` is normalised to ``‖ψ‖ = 1``; over all ``n`` modes (the
+    default) complex coefficients give the uniform (Haar) distribution on the unit sphere of
+    ``C^n``. Seeded runs are reproducible.
 
     Args:
         grid: the :class:`Grid`.
         batch: number of states, ``>= 1``.
         seed: seed of a private generator (ignored if ``generator`` is given).
-        modes: how many of the lowest eigenstates to mix (``1..n``; default ``n``).
+        modes: an int ``N``: the lowest ``N`` eigenstates (``1..n``; default ``n``); or a
+            sequence of distinct 1-based eigenstate numbers, e.g. ``(2, 3)``.
+        real: real coefficients (states with a real wavefunction).
         dtype: ``torch.complex128`` (default) or ``torch.complex64``.
         generator: an explicit ``torch.Generator`` to draw from.
 
@@ -100,20 +107,35 @@ def random_states(grid: Grid, batch: int, *, seed: int | None = None, modes: int
         >>> psi = random_states(Grid(20, 2.0), batch=3, seed=0)
         >>> psi.shape, torch.allclose(psi.abs().pow(2).sum(-1), torch.ones(3, dtype=torch.float64))
         (torch.Size([3, 20]), True)
+        >>> random_states(Grid(20, 2.0), batch=2, seed=0, modes=(2, 3), real=True).imag.abs().max()
+        tensor(0., dtype=torch.float64)
     """
     if not isinstance(grid, Grid):
         raise TypeError(f"grid: expected a quflow.Grid, got {type(grid).__name__}")
     batch = _checks.count("batch", batch, minimum=1)
     if dtype not in (torch.complex64, torch.complex128):
         raise TypeError(f"dtype: expected torch.complex64 or torch.complex128, got {dtype}")
-    basis = grid.eigenstates(grid._count(modes, "modes"), dtype=torch.complex128)  # (modes, n)
+    if not isinstance(real, bool):
+        raise TypeError(f"real: expected a bool, got {type(real).__name__}")
+    if modes is None or isinstance(modes, numbers.Integral):
+        basis = grid.eigenstates(grid._count(modes, "modes"), dtype=torch.complex128)
+    else:
+        chosen = [grid._count(m, "modes") for m in modes]
+        if not chosen or len(set(chosen)) != len(chosen):
+            raise ValueError(f"modes: expected distinct eigenstate numbers, got {list(modes)}")
+        basis = grid.eigenstates(max(chosen), dtype=torch.complex128)[[m - 1 for m in chosen]]
     if generator is None:
         generator = torch.Generator()
         if seed is None:
             generator.seed()
         else:
             generator.manual_seed(_checks.count("seed", seed))
-    coeff = torch.randn(batch, basis.shape[0], 2, dtype=torch.float64, generator=generator)
-    psi = torch.view_as_complex(coeff) @ basis
+    if real:
+        coeff = torch.randn(batch, basis.shape[0], dtype=torch.float64, generator=generator)
+        coeff = coeff.to(torch.complex128)
+    else:
+        coeff = torch.view_as_complex(
+            torch.randn(batch, basis.shape[0], 2, dtype=torch.float64, generator=generator))
+    psi = coeff @ basis  # (batch, modes) @ (modes, n)
     psi = psi / torch.linalg.vector_norm(psi, dim=-1, keepdim=True)
     return psi.to(dtype)

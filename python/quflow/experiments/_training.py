@@ -13,6 +13,7 @@ the gradients, which equals one process on the same data and seed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,6 @@ import torch.distributed as dist
 from torch import nn
 
 from ..fidelity import GRADIENTS
-from ..grid import Grid
 from . import _io, _plots, _stats
 
 OPTIMIZERS = ("adam", "sgd")
@@ -180,23 +180,6 @@ def mlp(inputs: int, outputs: int, hidden: int) -> nn.Sequential:
                          nn.Linear(hidden, outputs)).double()
 
 
-def superpositions(grid: Grid, count: int, seed: int, states: tuple[int, ...],
-                   real: bool) -> torch.Tensor:
-    """``count`` normalised random superpositions ``Σ_m c_m φ_m`` of the box eigenstates
-    ``states`` (1-based), complex128 ``(count, n)``: i.i.d. standard Gaussian ``c_m``,
-    real (``real=True``, as tum-pbs/half-inverse-gradients ``Quantum_dipole``) or complex."""
-    gen = torch.Generator().manual_seed(seed)
-    basis = grid.eigenstates(max(states), dtype=torch.complex128)[[s - 1 for s in states]]
-    if real:
-        coeff = torch.randn(count, len(states), dtype=torch.float64, generator=gen)
-        coeff = coeff.to(torch.complex128)
-    else:
-        coeff = torch.view_as_complex(
-            torch.randn(count, len(states), 2, dtype=torch.float64, generator=gen))
-    psi = coeff @ basis
-    return psi / torch.linalg.vector_norm(psi, dim=-1, keepdim=True)
-
-
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     """One trained experiment of the paper: its data, loss and network (a two-hidden-layer
@@ -282,8 +265,6 @@ class Setup:
         """
         path = out / "checkpoints" / f"{self.key}.json"
         if path.exists():
-            import json
-
             try:
                 saved = json.loads(path.read_text())
             except (OSError, ValueError):

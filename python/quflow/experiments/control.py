@@ -19,7 +19,7 @@ paper's) or plain SGD with 1.0; mini-batch 10.
 from __future__ import annotations
 
 from ..fidelity import fidelity_loss, to_complex, to_real
-from ..grid import Grid
+from ..grid import Grid, random_states
 from ..schrodinger import crank_nicolson
 from . import _training
 
@@ -31,7 +31,7 @@ _GRID = Grid(N, LENGTH)
 def make_data(seed: int = 2024, states: tuple = (2, 3), real: bool = True, target: int = 1):
     """(train, validation): ``x`` = to_real(ψ_0) ``(states, 40)``, ``y`` = to_real(φ_target)
     per state; initial states superpose the box eigenstates ``states`` (1-based)."""
-    psi0 = _training.superpositions(_GRID, TRAIN_STATES + VAL_STATES, seed, states, real)
+    psi0 = random_states(_GRID, TRAIN_STATES + VAL_STATES, seed=seed, modes=states, real=real)
     goal = _GRID.eigenstates(target, dtype=psi0.dtype)[target - 1].expand_as(psi0)
     x, y = to_real(psi0), to_real(goal)
     return (x[:TRAIN_STATES], y[:TRAIN_STATES]), (x[TRAIN_STATES:], y[TRAIN_STATES:])

@@ -14,7 +14,7 @@ the gradient they train with.
 from __future__ import annotations
 
 from ..fidelity import fidelity_loss, to_real
-from ..grid import Grid
+from ..grid import Grid, random_states
 from ..schrodinger import crank_nicolson
 from . import _training
 
@@ -27,7 +27,7 @@ def make_data(seed: int = 2023, states: tuple = (1, 2, 3, 4, 5), real: bool = Fa
               target: None = None):
     """(train, validation) pairs ``(x, y)``, each real ``(pairs, 40)`` in the to_real layout,
     from trajectories of superpositions of the box eigenstates ``states`` (1-based)."""
-    psi0 = _training.superpositions(_GRID, TRAIN_STATES + VAL_STATES, seed, states, real)
+    psi0 = random_states(_GRID, TRAIN_STATES + VAL_STATES, seed=seed, modes=states, real=real)
     traj = crank_nicolson(psi0, dt=DT, dx=_GRID.dx, steps=STEPS, trajectory=True)  # (125, 101, 20)
 
     def pairs(t):
