@@ -211,6 +211,148 @@ py::tuple backward(const CArray<T>& states, const CArray<T>& grad_out,
   return py::make_tuple(obj(g_psi), obj(g_v), obj(g_u), obj(g_w));
 }
 
+/// The directions of forward mode (and of the second-order adjoint) as a core view, after
+/// checking each against the System it perturbs: δψ0 (batch, n), δV (1 or batch, n),
+/// δu (1 or batch, steps), δW (n,); None is a zero direction.
+template <class T>
+quflow::Tangents<T> make_tangents(const quflow::System<T>& sys,
+                                  const std::optional<CArray<T>>& tpsi0,
+                                  const std::optional<RArray<T>>& tpotential,
+                                  const std::optional<RArray<T>>& tcontrol,
+                                  const std::optional<RArray<T>>& tcontrol_shape) {
+  quflow::Tangents<T> tan;
+  if (tpsi0) {
+    require_ndim(*tpsi0, "tangent psi0", 2, 2);
+    require_aligned(*tpsi0, "tangent psi0");
+    if (tpsi0->shape(0) != sys.batch || tpsi0->shape(1) != sys.n)
+      fail("tangent psi0: expected shape (batch, n)");
+    require_finite(tpsi0->data(), tpsi0->size(), "tangent psi0");
+    tan.psi0 = tpsi0->data();
+  }
+  if (tpotential) {
+    require_ndim(*tpotential, "tangent potential", 2, 2);
+    require_aligned(*tpotential, "tangent potential");
+    if (tpotential->shape(1) != sys.n ||
+        (tpotential->shape(0) != 1 && tpotential->shape(0) != sys.batch))
+      fail("tangent potential: expected shape (1, n) or (batch, n)");
+    require_finite(tpotential->data(), tpotential->size(), "tangent potential");
+    tan.potential = tpotential->data();
+    tan.potential_rows = tpotential->shape(0);
+  }
+  if ((tcontrol || tcontrol_shape) && sys.control_rows == 0)
+    fail("tangent control: given without a control");
+  if (tcontrol) {
+    require_ndim(*tcontrol, "tangent control", 2, 2);
+    require_aligned(*tcontrol, "tangent control");
+    if (tcontrol->shape(1) != sys.steps ||
+        (tcontrol->shape(0) != 1 && tcontrol->shape(0) != sys.batch))
+      fail("tangent control: expected shape (1, steps) or (batch, steps)");
+    require_finite(tcontrol->data(), tcontrol->size(), "tangent control");
+    tan.control = tcontrol->data();
+    tan.control_rows = tcontrol->shape(0);
+  }
+  if (tcontrol_shape) {
+    require_ndim(*tcontrol_shape, "tangent control_shape", 1, 1);
+    require_aligned(*tcontrol_shape, "tangent control_shape");
+    if (tcontrol_shape->shape(0) != sys.n) fail("tangent control_shape: expected shape (n,)");
+    require_finite(tcontrol_shape->data(), tcontrol_shape->size(), "tangent control_shape");
+    tan.control_shape = tcontrol_shape->data();
+  }
+  return tan;
+}
+
+template <class T>
+py::tuple jvp(const CArray<T>& psi0, const RArray<T>& potential,
+              const std::optional<RArray<T>>& control,
+              const std::optional<RArray<T>>& control_shape,
+              const std::optional<CArray<T>>& tpsi0, const std::optional<RArray<T>>& tpotential,
+              const std::optional<RArray<T>>& tcontrol,
+              const std::optional<RArray<T>>& tcontrol_shape, double dt, double dx,
+              py::ssize_t steps, bool trajectory, int threads) {
+  if (threads < 1) fail("threads: expected >= 1");
+  require_ndim(psi0, "psi0", 2, 2);
+  require_aligned(psi0, "psi0");
+  const py::ssize_t batch = psi0.shape(0), n = psi0.shape(1);
+  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
+  const auto tan = make_tangents<T>(sys, tpsi0, tpotential, tcontrol, tcontrol_shape);
+  if (trajectory && (steps == std::numeric_limits<py::ssize_t>::max() ||
+                     !quflow::size_fits(batch, steps + 1, n, 2 * sizeof(std::complex<T>))))
+    fail("steps: a trajectory of " + std::to_string(steps) + " + 1 states of (batch, n) = (" +
+         std::to_string(batch) + ", " + std::to_string(n) + ") overflows a 64-bit size");
+  require_finite(psi0.data(), psi0.size(), "psi0");
+  auto make = [&] { return trajectory ? CArray<T>({batch, steps + 1, n}) : CArray<T>({batch, n}); };
+  CArray<T> out = make(), tout = make();
+  std::complex<T>* dst = out.mutable_data();
+  std::complex<T>* tdst = tout.mutable_data();
+  run_released([&](const quflow::Poll& poll) {
+    quflow::cn_jvp<T>(sys, tan, psi0.data(), dst, tdst, trajectory, threads, poll);
+  });
+  return py::make_tuple(out, tout);
+}
+
+template <class T>
+py::tuple adjoint2(const CArray<T>& states, const CArray<T>& tstates,
+                   const std::optional<CArray<T>>& grad_out, const CArray<T>& tgrad_out,
+                   const RArray<T>& potential, const std::optional<RArray<T>>& control,
+                   const std::optional<RArray<T>>& control_shape,
+                   const std::optional<RArray<T>>& tpotential,
+                   const std::optional<RArray<T>>& tcontrol,
+                   const std::optional<RArray<T>>& tcontrol_shape, double dt, double dx,
+                   py::ssize_t steps, const std::vector<bool>& need, int threads) {
+  if (threads < 1) fail("threads: expected >= 1");
+  if (need.size() != 8) fail("need: expected 8 flags (psi0, potential, control, control_shape, "
+                             "and the same for the tangents)");
+  require_ndim(states, "states", 2, 2);
+  require_ndim(tstates, "tangent states", 2, 2);
+  require_ndim(tgrad_out, "tangent grad_out", 2, 3);
+  for (const auto* a : {&states, &tstates, &tgrad_out}) require_aligned(*a, "states");
+  const py::ssize_t batch = states.shape(0), n = states.shape(1);
+  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
+  const auto tan = make_tangents<T>(sys, std::nullopt, tpotential, tcontrol, tcontrol_shape);
+  const bool full = tgrad_out.ndim() == 3;
+  if (tstates.shape(0) != batch || tstates.shape(1) != n)
+    fail("tangent states: expected shape (batch, n)");
+  auto check_cot = [&](const CArray<T>& a, const char* name) {
+    if (a.ndim() != tgrad_out.ndim() || a.shape(0) != batch || a.shape(a.ndim() - 1) != n ||
+        (full && a.shape(1) - 1 != steps))
+      fail(std::string(name) + ": expected shape (batch, n) or (batch, steps+1, n), as both "
+                               "cotangents");
+  };
+  check_cot(tgrad_out, "tangent grad_out");
+  if (grad_out) {
+    require_aligned(*grad_out, "grad_out");
+    check_cot(*grad_out, "grad_out");
+  }
+  if ((need[2] || need[3] || need[6] || need[7]) && !control)
+    fail("need: a control gradient without a control");
+  const py::ssize_t rows[8] = {batch, sys.potential_rows, sys.control_rows, 0,
+                               batch, tan.potential ? tan.potential_rows : sys.potential_rows,
+                               tan.control ? tan.control_rows : sys.control_rows, 0};
+  std::optional<CArray<T>> gp[2];
+  std::optional<RArray<T>> gv[2], gu[2], gw[2];
+  quflow::Gradients<T> grads[2];
+  for (int s = 0; s < 2; ++s) {
+    if (need[4 * s]) grads[s].psi0 = (gp[s] = CArray<T>({batch, n}))->mutable_data();
+    if (need[4 * s + 1])
+      grads[s].potential = (gv[s] = RArray<T>({rows[4 * s + 1], n}))->mutable_data();
+    if (need[4 * s + 2])
+      grads[s].control = (gu[s] = RArray<T>({rows[4 * s + 2], steps}))->mutable_data();
+    if (need[4 * s + 3]) grads[s].control_shape = (gw[s] = RArray<T>({n}))->mutable_data();
+  }
+  // the tangent's gradient rows follow its own direction's rows, else the primal's
+  quflow::Tangents<T> t2 = tan;
+  t2.potential_rows = rows[5];
+  t2.control_rows = rows[6];
+  run_released([&](const quflow::Poll& poll) {
+    quflow::cn_adjoint2<T>(sys, t2, states.data(), tstates.data(),
+                           grad_out ? grad_out->data() : nullptr, tgrad_out.data(), full,
+                           grads[0], grads[1], threads, poll);
+  });
+  auto obj = [](const auto& o) { return o ? py::object(*o) : py::object(py::none()); };
+  return py::make_tuple(obj(gp[0]), obj(gv[0]), obj(gu[0]), obj(gw[0]), obj(gp[1]), obj(gv[1]),
+                        obj(gu[1]), obj(gw[1]));
+}
+
 template <class T>
 void bind(py::module_& m, const char* suffix) {
   using namespace pybind11::literals;
@@ -227,6 +369,23 @@ void bind(py::module_& m, const char* suffix) {
         "need_control"_a = false, "need_control_shape"_a = false, "threads"_a = 1,
         "Adjoint sweep. Returns (grad_psi0, grad_potential, grad_control, "
         "grad_control_shape), None where not requested.");
+  m.def((std::string("jvp_") + suffix).c_str(), &jvp<T>, "psi0"_a.noconvert(),
+        "potential"_a.noconvert(), "control"_a.noconvert() = py::none(),
+        "control_shape"_a.noconvert() = py::none(), "tpsi0"_a.noconvert() = py::none(),
+        "tpotential"_a.noconvert() = py::none(), "tcontrol"_a.noconvert() = py::none(),
+        "tcontrol_shape"_a.noconvert() = py::none(), "dt"_a, "dx"_a, "steps"_a,
+        "trajectory"_a = false, "threads"_a = 1,
+        "Forward sweep with its tangent. Returns (psi, tangent psi), each (batch, n) or "
+        "(batch, steps+1, n).");
+  m.def((std::string("adjoint2_") + suffix).c_str(), &adjoint2<T>, "states"_a.noconvert(),
+        "tstates"_a.noconvert(), "grad_out"_a.noconvert(), "tgrad_out"_a.noconvert(),
+        "potential"_a.noconvert(), "control"_a.noconvert() = py::none(),
+        "control_shape"_a.noconvert() = py::none(), "tpotential"_a.noconvert() = py::none(),
+        "tcontrol"_a.noconvert() = py::none(), "tcontrol_shape"_a.noconvert() = py::none(),
+        "dt"_a, "dx"_a, "steps"_a, "need"_a, "threads"_a = 1,
+        "Adjoint of the tangent-augmented sweep. Returns the gradients of Re<a, psi> + "
+        "Re<b, tangent psi> wrt (psi0, potential, control, control_shape) and wrt their "
+        "tangents, None where not requested.");
 }
 
 }  // namespace

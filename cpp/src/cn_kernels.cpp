@@ -125,10 +125,25 @@ class Block {
       : sh_(sh), sys_(*sh.sys), n_(sys_.n), b0_(b0), lanes_(lanes),
         pr_(as_v(wk.pr)), pi_(as_v(wk.pi)), qr_(as_v(wk.qr)), qi_(as_v(wk.qi)),
         gr_(as_v(wk.gr)), gi_(as_v(wk.gi)), fr_(as_v(wk.fr)), fi_(as_v(wk.fi)),
-        base_(as_v(wk.base)) {
+        base_(as_v(wk.base)), sr_(as_v(wk.sr)), si_(as_v(wk.si)), rr_(as_v(wk.rr)),
+        ri_(as_v(wk.ri)), hr_(as_v(wk.hr)), hi_(as_v(wk.hi)), dbase_(as_v(wk.dbase)),
+        dd_(as_v(wk.dd)) {
     const V zero = {};
     for (V* plane : {pr_, pi_, qr_, qi_, gr_, gi_})
       for (Index j = 0; j < n_ + 2; ++j) plane[j] = zero;
+    if (sh_.tan) {  // forward mode / second order: tangent planes and δV per lane
+      for (V* plane : {sr_, si_, rr_, ri_, hr_, hi_})
+        for (Index j = 0; j < n_ + 2; ++j) plane[j] = zero;
+      const Tangents<T>& tan = *sh_.tan;
+      for (Index j = 0; j < n_; ++j) dbase_[j] = zero;
+      if (tan.potential) {
+        for (Index l = 0; l < lanes_; ++l) {
+          const T* dv = tan.potential + (tan.potential_rows == 1 ? 0 : (b0_ + l) * n_);
+          for (Index j = 0; j < n_; ++j) set_lane(dbase_[j], l, dv[j]);
+        }
+      }
+    }
+    du_ = zero;
     // lanes past `lanes` are zero states with V = 0 and u = 0: they stay zero
     for (Index j = 0; j < n_; ++j) base_[j] = zero + sh_.two_e;
     for (Index l = 0; l < lanes_; ++l) {
@@ -155,10 +170,23 @@ class Block {
     }
   }
 
+  /// du[l] = the control's direction δu of step k in each lane (zero without one).
+  void set_tangent_control(Index k) {
+    const Tangents<T>& tan = *sh_.tan;
+    if (!tan.control) return;
+    for (Index l = 0; l < lanes_; ++l) {
+      const Index row = tan.control_rows == 1 ? 0 : b0_ + l;
+      set_lane(du_, l, tan.control[row * sys_.steps + k]);
+    }
+  }
+
+  /// δd_j = δV_j + δu_k·W_j + u_k·δW_j, the diagonal of δH_k, in every lane.
+  V tangent_diag(Index j) const { return dbase_[j] + du_ * sh_.shape[j] + u_ * sh_.dshape[j]; }
+
   // ---- state transfer: rows b0… of a (batch, stride) complex array, at column offset ----
   // Lane vectors are assembled in registers point by point (a W × n transpose); lanes past
   // `lanes` read a zero row.
-  enum class Buf { P, Q, G };
+  enum class Buf { P, Q, G, S, R, H };  // S, R, H: δψ_{k+1}, δψ_k and δψ's cotangent
 
   template <bool kAdd>
   void gather(Buf which, const std::complex<T>* src, Index stride, Index offset) {
@@ -388,8 +416,247 @@ class Block {
     g_i[0] = l1_i + hd1 * l1_r - he * l2_r;
   }
 
-  V* plane_re(Buf b) const { return b == Buf::P ? pr_ : b == Buf::Q ? qr_ : gr_; }
-  V* plane_im(Buf b) const { return b == Buf::P ? pi_ : b == Buf::Q ? qi_ : gi_; }
+  /// Forward mode: P ← M_{+1}⁻¹ M_{−1} P and, with S = δψ,
+  /// S ← M_{+1}⁻¹ (M_{−1} S − i·h·δD (P_old + P_new)), δD = diag(δd). Four sweeps: the
+  /// step's elimination (the tangent's right-hand side built beside it, in S), the step's
+  /// back substitution (adding δD's term of ψ_{k+1}), then the tangent's two sweeps with
+  /// the same pivots.
+  template <bool kConst, bool kScaled>
+  void tangent_step() {
+    const T h = sh_.h, he = sh_.he;
+    const Scaled k = scaled();
+    V* p_r = pr_ + 1;
+    V* p_i = pi_ + 1;
+    V* s_r = sr_ + 1;
+    V* s_i = si_ + 1;
+    V op_r = {}, op_i = {}, os_r = {}, os_i = {};  // ψ_{j−1}, δψ_{j−1} before overwritten
+    V vp_r = {}, vp_i = {};
+    V iw_r = {}, iw_i = {};
+    for (Index j = 0; j < n_; ++j) {
+      const V d = diag<kConst>(j);
+      const V hdd = h * tangent_diag(j);
+      dd_[j] = hdd;
+      const V xr = p_r[j], xi = p_i[j];
+      const V sr = op_r + p_r[j + 1], si = op_i + p_i[j + 1];
+      const V rr = xr + h * d * xi - he * si;
+      const V ri = xi - h * d * xr + he * sr;
+      const V yr = s_r[j], yi = s_i[j];
+      const V tr = os_r + s_r[j + 1], ti = os_i + s_i[j + 1];
+      // M_{−1} δψ_k − i·h·δd·ψ_k
+      s_r[j] = yr + h * d * yi - he * ti + hdd * xi;
+      s_i[j] = yi - h * d * yr + he * tr - hdd * xr;
+      if constexpr (kConst) {
+        iw_r = fr_[j];
+        iw_i = fi_[j];
+      } else {
+        pivot<+1, kScaled>(k, d, iw_r, iw_i);
+        fr_[j] = iw_r;
+        fi_[j] = iw_i;
+      }
+      eliminate(iw_r, iw_i, -he * iw_i, he * iw_r, rr, ri, vp_r, vp_i);
+      op_r = xr;
+      op_i = xi;
+      os_r = yr;
+      os_i = yi;
+      p_r[j] = vp_r;
+      p_i[j] = vp_i;
+    }
+    for (Index j = n_ - 1; j >= 0; --j) {
+      if (j < n_ - 1) {
+        const V mr = -he * fi_[j], mi = he * fr_[j];
+        const V xr = p_r[j + 1], xi = p_i[j + 1];
+        p_r[j] += mr * xr - mi * xi;
+        p_i[j] += mr * xi + mi * xr;
+      }
+      s_r[j] += dd_[j] * p_i[j];  // − i·h·δd·ψ_{k+1}
+      s_i[j] -= dd_[j] * p_r[j];
+    }
+    V vs_r = {}, vs_i = {};
+    for (Index j = 0; j < n_; ++j) {
+      const V wr = fr_[j], wi = fi_[j];
+      eliminate(wr, wi, -he * wi, he * wr, s_r[j], s_i[j], vs_r, vs_i);
+      s_r[j] = vs_r;
+      s_i[j] = vs_i;
+    }
+    for (Index j = n_ - 2; j >= 0; --j) {
+      const V mr = -he * fi_[j], mi = he * fr_[j];
+      const V xr = s_r[j + 1], xi = s_i[j + 1];
+      s_r[j] += mr * xr - mi * xi;
+      s_i[j] += mr * xi + mi * xr;
+    }
+  }
+
+  /// Accumulators of the second-order adjoint, each n lane vectors (see adjoint2_step).
+  struct Acc2 {
+    V *gv, *gw, *tv, *tw;
+  };
+
+  /// One step k of the adjoint of the tangent-augmented step (see cn_adjoint2). On entry
+  /// P = ψ_{k+1}, S = δψ_{k+1}, G = a_{k+1} (ψ's cotangent), H = b_{k+1} (δψ's). With the
+  /// pivots of M_{−1}:
+  ///   ψ_k  = M_{−1}⁻¹ M_{+1} ψ_{k+1}                           (rebuilt, into Q)
+  ///   μ    = M_{−1}⁻¹ b_{k+1}
+  ///   δψ_k = M_{−1}⁻¹ (M_{+1} δψ_{k+1} + i·h·δD (ψ_k + ψ_{k+1})) (rebuilt, into R)
+  ///   λ    = M_{−1}⁻¹ (a_{k+1} + i·h·δD μ)
+  ///   a_k  = M_{+1} λ + i·h·δD μ,   b_k = M_{+1} μ
+  ///   ∂/∂d_j  = h·Im(conj(λ_j)(ψ_k + ψ_{k+1})_j + conj(μ_j)(δψ_k + δψ_{k+1})_j)
+  ///   ∂/∂δd_j = h·Im(conj(μ_j)(ψ_k + ψ_{k+1})_j)
+  /// On exit Q = ψ_k, R = δψ_k, G = a_k, H = b_k; the accumulators hold
+  /// gv += ∂/∂d, gw += ∂/∂d·u_k + ∂/∂δd·δu_k, tv += ∂/∂δd, tw += ∂/∂δd·u_k, and
+  /// du = Σ_j ∂/∂d_j W_j + ∂/∂δd_j δW_j, tdu = Σ_j ∂/∂δd_j W_j.
+  template <bool kConst, bool kScaled>
+  void adjoint2_step(const Acc2& acc, V& du, V& tdu) {
+    const T h = sh_.h, he = sh_.he;
+    const Scaled k = scaled();
+    const V* p_r = pr_ + 1;
+    const V* p_i = pi_ + 1;
+    const V* s_r = sr_ + 1;
+    const V* s_i = si_ + 1;
+    V* q_r = qr_ + 1;
+    V* q_i = qi_ + 1;
+    V* r_r = rr_ + 1;
+    V* r_i = ri_ + 1;
+    V* g_r = gr_ + 1;
+    V* g_i = gi_ + 1;
+    V* b_r = hr_ + 1;
+    V* b_i = hi_ + 1;
+    auto pivot_at = [&](Index j, V& iw_r, V& iw_i, const V& d) {
+      if constexpr (kConst) {
+        iw_r = fr_[j];
+        iw_i = -fi_[j];
+      } else {
+        pivot<-1, kScaled>(k, d, iw_r, iw_i);
+        fr_[j] = iw_r;
+        fi_[j] = iw_i;
+      }
+    };
+    // pass 1: eliminate M_{+1} ψ_{k+1} and b_{k+1}; δd of this step
+    {
+      V iw_r = {}, iw_i = {}, vq_r = {}, vq_i = {}, vb_r = {}, vb_i = {};
+      for (Index j = 0; j < n_; ++j) {
+        const V d = diag<kConst>(j);
+        dd_[j] = h * tangent_diag(j);
+        pivot_at(j, iw_r, iw_i, d);
+        const V mr = he * iw_i, mi = -he * iw_r;
+        const V xr = p_r[j], xi = p_i[j];
+        const V sr = p_r[j - 1] + p_r[j + 1], si = p_i[j - 1] + p_i[j + 1];
+        eliminate(iw_r, iw_i, mr, mi, xr - h * d * xi + he * si, xi + h * d * xr - he * sr,
+                  vq_r, vq_i);
+        q_r[j] = vq_r;
+        q_i[j] = vq_i;
+        eliminate(iw_r, iw_i, mr, mi, b_r[j], b_i[j], vb_r, vb_i);
+        b_r[j] = vb_r;
+        b_i[j] = vb_i;
+      }
+    }
+    // pass 2: back substitution gives ψ_k (Q) and μ (H)
+    for (Index j = n_ - 2; j >= 0; --j) {
+      const V iw_i = kConst ? -fi_[j] : fi_[j];
+      const V mr = he * iw_i, mi = -he * fr_[j];
+      q_r[j] += mr * q_r[j + 1] - mi * q_i[j + 1];
+      q_i[j] += mr * q_i[j + 1] + mi * q_r[j + 1];
+      b_r[j] += mr * b_r[j + 1] - mi * b_i[j + 1];
+      b_i[j] += mr * b_i[j + 1] + mi * b_r[j + 1];
+    }
+    // pass 3: eliminate M_{+1} δψ_{k+1} + i·h·δD (ψ_k + ψ_{k+1}) and a_{k+1} + i·h·δD μ
+    {
+      V vr_r = {}, vr_i = {}, vg_r = {}, vg_i = {};
+      for (Index j = 0; j < n_; ++j) {
+        const V d = diag<kConst>(j);
+        const V iw_r = fr_[j], iw_i = kConst ? -fi_[j] : fi_[j];
+        const V mr = he * iw_i, mi = -he * iw_r;
+        const V hdd = dd_[j];
+        const V yr = s_r[j], yi = s_i[j];
+        const V tr = s_r[j - 1] + s_r[j + 1], ti = s_i[j - 1] + s_i[j + 1];
+        const V cr = q_r[j] + p_r[j], ci = q_i[j] + p_i[j];
+        eliminate(iw_r, iw_i, mr, mi, yr - h * d * yi + he * ti - hdd * ci,
+                  yi + h * d * yr - he * tr + hdd * cr, vr_r, vr_i);
+        r_r[j] = vr_r;
+        r_i[j] = vr_i;
+        eliminate(iw_r, iw_i, mr, mi, g_r[j] - hdd * b_i[j], g_i[j] + hdd * b_r[j], vg_r,
+                  vg_i);
+        g_r[j] = vg_r;
+        g_i[j] = vg_i;
+      }
+    }
+    // pass 4, j = n−1 … 0: back substitution gives δψ_k[j] and λ_j; then the gradients,
+    // a_k[j+1] and b_k[j+1] from λ and μ at j, j+1, j+2 (registers: the planes at j+1
+    // already hold a_k, b_k)
+    V l1_r = {}, l1_i = {}, l2_r = {}, l2_i = {};  // λ_{j+1}, λ_{j+2}
+    V m1_r = {}, m1_i = {}, m2_r = {}, m2_i = {};  // μ_{j+1}, μ_{j+2}
+    V hd1 = {}, hdd1 = {};                          // h·d_{j+1}, h·δd_{j+1}
+    for (Index j = n_ - 1; j >= 0; --j) {
+      const V d = diag<kConst>(j);
+      const V iw_i = kConst ? -fi_[j] : fi_[j];
+      const V mr = he * iw_i, mi = -he * fr_[j];
+      if (j < n_ - 1) {
+        r_r[j] += mr * r_r[j + 1] - mi * r_i[j + 1];
+        r_i[j] += mr * r_i[j + 1] + mi * r_r[j + 1];
+      }
+      const V lr = g_r[j] + mr * l1_r - mi * l1_i;
+      const V li = g_i[j] + mr * l1_i + mi * l1_r;
+      const V ur = b_r[j], ui = b_i[j];
+      const V cr = q_r[j] + p_r[j], ci = q_i[j] + p_i[j];
+      const V er = r_r[j] + s_r[j], ei = r_i[j] + s_i[j];
+      const V gd = h * (lr * ci - li * cr + ur * ei - ui * er);
+      const V gdd = h * (ur * ci - ui * cr);
+      acc.gv[j] += gd;
+      acc.gw[j] += gd * u_ + gdd * du_;
+      acc.tv[j] += gdd;
+      acc.tw[j] += gdd * u_;
+      du += gd * sh_.shape[j] + gdd * sh_.dshape[j];
+      tdu += gdd * sh_.shape[j];
+      // a_k[j+1] = (M_{+1} λ)_{j+1} + i·h·δd_{j+1} μ_{j+1};  b_k[j+1] = (M_{+1} μ)_{j+1}
+      g_r[j + 1] = l1_r - hd1 * l1_i + he * (li + l2_i) - hdd1 * m1_i;
+      g_i[j + 1] = l1_i + hd1 * l1_r - he * (lr + l2_r) + hdd1 * m1_r;
+      b_r[j + 1] = m1_r - hd1 * m1_i + he * (ui + m2_i);
+      b_i[j + 1] = m1_i + hd1 * m1_r - he * (ur + m2_r);
+      l2_r = l1_r;
+      l2_i = l1_i;
+      l1_r = lr;
+      l1_i = li;
+      m2_r = m1_r;
+      m2_i = m1_i;
+      m1_r = ur;
+      m1_i = ui;
+      hd1 = h * d;
+      hdd1 = dd_[j];
+    }
+    g_r[0] = l1_r - hd1 * l1_i + he * l2_i - hdd1 * m1_i;
+    g_i[0] = l1_i + hd1 * l1_r - he * l2_r + hdd1 * m1_r;
+    b_r[0] = m1_r - hd1 * m1_i + he * m2_i;
+    b_i[0] = m1_i + hd1 * m1_r - he * m2_r;
+  }
+
+  V* plane_re(Buf b) const {
+    switch (b) {
+      case Buf::P: return pr_;
+      case Buf::Q: return qr_;
+      case Buf::G: return gr_;
+      case Buf::S: return sr_;
+      case Buf::R: return rr_;
+      default: return hr_;
+    }
+  }
+  V* plane_im(Buf b) const {
+    switch (b) {
+      case Buf::P: return pi_;
+      case Buf::Q: return qi_;
+      case Buf::G: return gi_;
+      case Buf::S: return si_;
+      case Buf::R: return ri_;
+      default: return hi_;
+    }
+  }
+
+  void swap_sr() {
+    V* t = sr_;
+    sr_ = rr_;
+    rr_ = t;
+    t = si_;
+    si_ = ri_;
+    ri_ = t;
+  }
 
  private:
   const KernelShared<T>& sh_;
@@ -398,7 +665,9 @@ class Block {
   V *pr_, *pi_, *qr_, *qi_, *gr_, *gi_;  // n+2 padded state planes
   V *fr_, *fi_;                          // n per-lane pivots 1/w_j (of M_{+1} if constant)
   V* base_;                              // n: 2e + V_j per lane
-  V u_;                                  // control values of the current step
+  V *sr_, *si_, *rr_, *ri_, *hr_, *hi_;  // n+2 tangent planes (forward mode / second order)
+  V *dbase_, *dd_;                       // n: δV_j per lane, δd_j of the current step
+  V u_, du_;                             // control values (and directions) of the step
   static constexpr std::complex<T> zeros_[1] = {};
 };
 
@@ -487,13 +756,118 @@ void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
   }
 }
 
+template <class T, int W>
+void jvp_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0, Index lanes,
+               const std::complex<T>* psi0, std::complex<T>* out, std::complex<T>* tout,
+               bool trajectory) {
+  using B = Block<T, W>;
+  const Index n = sh.sys->n, steps = sh.sys->steps;
+  const Index stride = trajectory ? (steps + 1) * n : n;
+  B blk(sh, wk, b0, lanes);
+  const bool scaled = sh.c != T(1);
+  blk.load(B::Buf::P, psi0, n, 0);
+  if (sh.tan->psi0) blk.load(B::Buf::S, sh.tan->psi0, n, 0);
+  if (trajectory) {
+    blk.store(B::Buf::P, out, stride, 0);
+    blk.store(B::Buf::S, tout, stride, 0);
+  }
+  for (Index k = 0; k < steps; ++k) {
+    if (stopped(sh)) return;
+    blk.set_control(k);
+    blk.set_tangent_control(k);
+    if (sh.constant) blk.template tangent_step<true, false>();
+    else if (scaled) blk.template tangent_step<false, true>();
+    else blk.template tangent_step<false, false>();
+    if (trajectory) {
+      blk.store(B::Buf::P, out, stride, (k + 1) * n);
+      blk.store(B::Buf::S, tout, stride, (k + 1) * n);
+    }
+  }
+  if (!trajectory) {
+    blk.store(B::Buf::P, out, stride, 0);
+    blk.store(B::Buf::S, tout, stride, 0);
+  }
+}
+
+template <class T, int W>
+void adjoint2_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0, Index lanes,
+                    const std::complex<T>* states, const std::complex<T>* tstates,
+                    const std::complex<T>* grad_out, const std::complex<T>* tgrad_out,
+                    bool grad_full, const Gradients<T>& grads, const Gradients<T>& tgrads,
+                    T* const* acc) {
+  using B = Block<T, W>;
+  using V = typename B::V;
+  const System<T>& sys = *sh.sys;
+  const Index n = sys.n, steps = sys.steps;
+  const Index gstride = grad_full ? (steps + 1) * n : n;
+  const Index last = grad_full ? steps * n : 0;
+  B blk(sh, wk, b0, lanes);
+  const bool scaled = sh.c != T(1);
+  const typename B::Acc2 a2{B::as_v(wk.gv), B::as_v(wk.gw), B::as_v(wk.tv), B::as_v(wk.tw)};
+  for (Index j = 0; j < n; ++j) a2.gv[j] = a2.gw[j] = a2.tv[j] = a2.tw[j] = V{};
+  blk.load(B::Buf::P, states, n, 0);
+  blk.load(B::Buf::S, tstates, n, 0);
+  if (grad_out) blk.load(B::Buf::G, grad_out, gstride, last);
+  blk.load(B::Buf::H, tgrad_out, gstride, last);
+  T* acc_u = acc[1];
+  T* tacc_u = acc[4];
+  for (Index k = steps - 1; k >= 0; --k) {
+    if (stopped(sh)) return;
+    V du = {}, tdu = {};
+    blk.set_control(k);
+    blk.set_tangent_control(k);
+    if (sh.constant) blk.template adjoint2_step<true, false>(a2, du, tdu);
+    else if (scaled) blk.template adjoint2_step<false, true>(a2, du, tdu);
+    else blk.template adjoint2_step<false, false>(a2, du, tdu);
+    for (Index l = 0; l < lanes; ++l) {
+      if (grads.control) {
+        if (sys.control_rows == 1) acc_u[k] += du[l];
+        else grads.control[(b0 + l) * steps + k] = du[l];
+      }
+      if (tgrads.control) {
+        if (sh.tan->control_rows == 1) tacc_u[k] += tdu[l];
+        else tgrads.control[(b0 + l) * steps + k] = tdu[l];
+      }
+    }
+    if (grad_full) {
+      if (grad_out) blk.add(B::Buf::G, grad_out, gstride, k * n);
+      blk.add(B::Buf::H, tgrad_out, gstride, k * n);
+    }
+    blk.swap_pq();
+    blk.swap_sr();
+  }
+  if (grads.psi0) blk.store(B::Buf::G, grads.psi0, n, 0);
+  if (tgrads.psi0) blk.store(B::Buf::H, tgrads.psi0, n, 0);
+  for (Index l = 0; l < lanes; ++l) {
+    for (Index j = 0; j < n; ++j) {
+      if (grads.potential) {
+        if (sys.potential_rows == 1) acc[0][j] += a2.gv[j][l];
+        else grads.potential[(b0 + l) * n + j] = a2.gv[j][l];
+      }
+      if (tgrads.potential) {
+        if (sh.tan->potential_rows == 1) acc[3][j] += a2.tv[j][l];
+        else tgrads.potential[(b0 + l) * n + j] = a2.tv[j][l];
+      }
+      if (grads.control_shape) acc[2][j] += a2.gw[j][l];
+      if (tgrads.control_shape) acc[5][j] += a2.tw[j][l];
+    }
+  }
+}
+
 #define QUFLOW_INSTANTIATE(T, W)                                                              \
   template void forward_block<T, W>(const KernelShared<T>&, const KernelWork<T>&, Index, Index, \
                                     const std::complex<T>*, std::complex<T>*, bool);            \
   template void backward_block<T, W>(const KernelShared<T>&, const KernelWork<T>&, Index,       \
                                      Index, const std::complex<T>*, bool,                       \
                                      const std::complex<T>*, bool, const Gradients<T>&, T*, T*, \
-                                     T*);
+                                     T*);                                                      \
+  template void jvp_block<T, W>(const KernelShared<T>&, const KernelWork<T>&, Index, Index,     \
+                                const std::complex<T>*, std::complex<T>*, std::complex<T>*,     \
+                                bool);                                                          \
+  template void adjoint2_block<T, W>(const KernelShared<T>&, const KernelWork<T>&, Index,       \
+                                     Index, const std::complex<T>*, const std::complex<T>*,     \
+                                     const std::complex<T>*, const std::complex<T>*, bool,      \
+                                     const Gradients<T>&, const Gradients<T>&, T* const*);
 QUFLOW_INSTANTIATE(float, 1)
 QUFLOW_INSTANTIATE(float, kNarrowLanes<float>)
 QUFLOW_INSTANTIATE(float, kWideLanes<float>)

@@ -26,14 +26,22 @@ struct KernelShared {
   const T* cinv_r = nullptr;  // (n) pivots 1/w_j of I + i·h·H for a constant H
   const T* cinv_i = nullptr;
   const int* stop = nullptr;  // non-zero: abandon the call (read between steps, atomically)
+  // forward mode and second order only (cn_jvp, cn_adjoint2):
+  const Tangents<T>* tan = nullptr;
+  const T* dshape = nullptr;  // (n) δW, zeros without one
 };
 
 /// One thread's workspace for blocks of W lanes (plain view).
 ///   pr, pi, qr, qi, gr, gi: (n+2)·W zero-padded state planes
 ///   fr, fi, base, gv, gw:   n·W
+/// and, for forward mode and second order only (null otherwise):
+///   sr, si, rr, ri, hr, hi: (n+2)·W tangent planes (δψ_{k+1}, δψ_k, its cotangent)
+///   dbase, dd, tv, tw:      n·W (δV per lane, δd of a step, Σ ∂/∂δd, Σ ∂/∂δd·u_k)
 template <class T>
 struct KernelWork {
   T *pr, *pi, *qr, *qi, *gr, *gi, *fr, *fi, *base, *gv, *gw;
+  T *sr = nullptr, *si = nullptr, *rr = nullptr, *ri = nullptr, *hr = nullptr, *hi = nullptr;
+  T *dbase = nullptr, *dd = nullptr, *tv = nullptr, *tw = nullptr;
 };
 
 #define QUFLOW_DECLARE_KERNELS(ns)                                                           \
@@ -47,6 +55,16 @@ struct KernelWork {
                       Index lanes, const std::complex<T>* states, bool states_full,          \
                       const std::complex<T>* grad_out, bool grad_full,                       \
                       const Gradients<T>& grads, T* acc_v, T* acc_u, T* acc_w);              \
+  template <class T, int W>                                                                  \
+  void jvp_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0, Index lanes,  \
+                 const std::complex<T>* psi0, std::complex<T>* out, std::complex<T>* tout,   \
+                 bool trajectory);                                                           \
+  template <class T, int W>                                                                  \
+  void adjoint2_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0,          \
+                      Index lanes, const std::complex<T>* states,                            \
+                      const std::complex<T>* tstates, const std::complex<T>* grad_out,       \
+                      const std::complex<T>* tgrad_out, bool grad_full,                      \
+                      const Gradients<T>& grads, const Gradients<T>& tgrads, T* const* acc); \
   }
 
 QUFLOW_DECLARE_KERNELS(isa_baseline)

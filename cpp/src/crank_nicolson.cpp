@@ -47,13 +47,20 @@ bool use_avx2() {
 /// Owns the arrays behind KernelShared.
 template <class T>
 struct SharedData {
-  Vec<T> shape, cinv_r, cinv_i;
+  Vec<T> shape, dshape, cinv_r, cinv_i;
   int stop = 0;  // set (atomically) to abandon every block
   KernelShared<T> view;
 
-  SharedData(const System<T>& s, const typename System<T>::Bounds& bounds) {
+  SharedData(const System<T>& s, const typename System<T>::Bounds& bounds,
+             const Tangents<T>* tan = nullptr) {
     const Index n = s.n;
     KernelShared<T>& v = view;
+    if (tan) {  // forward mode / second order
+      v.tan = tan;
+      dshape = Vec<T>::Zero(n);
+      if (tan->control_shape) dshape = Eigen::Map<const Vec<T>>(tan->control_shape, n);
+      v.dshape = dshape.data();
+    }
     v.sys = &s;
     v.stop = &stop;
     v.h = s.dt / T(2);
@@ -96,7 +103,10 @@ struct WorkData {
   Vec<T> planes;
   KernelWork<T> view;
 
-  WorkData(Index n, int w) : planes(Vec<T>::Zero(6 * (n + 2) * w + 5 * n * w + kAlign)) {
+  /// tangent: also the planes of forward mode and second order.
+  WorkData(Index n, int w, bool tangent = false)
+      : planes(Vec<T>::Zero((tangent ? 12 : 6) * (n + 2) * w + (tangent ? 9 : 5) * n * w +
+                            kAlign)) {
     const auto addr = reinterpret_cast<std::uintptr_t>(planes.data());
     T* p = planes.data() + ((64 - addr % 64) % 64) / sizeof(T);
     const Index big = (n + 2) * w, small = n * w;
@@ -105,6 +115,15 @@ struct WorkData {
       p += big;
     }
     for (T** slot : {&view.fr, &view.fi, &view.base, &view.gv, &view.gw}) {
+      *slot = p;
+      p += small;
+    }
+    if (!tangent) return;
+    for (T** slot : {&view.sr, &view.si, &view.rr, &view.ri, &view.hr, &view.hi}) {
+      *slot = p;
+      p += big;
+    }
+    for (T** slot : {&view.dbase, &view.dd, &view.tv, &view.tw}) {
       *slot = p;
       p += small;
     }
@@ -229,6 +248,22 @@ auto backward_kernel() {
   return &isa_baseline::backward_block<T, W>;
 }
 
+template <class T, int W>
+auto jvp_kernel() {
+#if defined(QUFLOW_HAVE_AVX2)
+  if (use_avx2()) return &isa_avx2::jvp_block<T, W>;
+#endif
+  return &isa_baseline::jvp_block<T, W>;
+}
+
+template <class T, int W>
+auto adjoint2_kernel() {
+#if defined(QUFLOW_HAVE_AVX2)
+  if (use_avx2()) return &isa_avx2::adjoint2_block<T, W>;
+#endif
+  return &isa_baseline::adjoint2_block<T, W>;
+}
+
 int thread_count(Index blocks, int threads) {
   return static_cast<int>(std::max<Index>(1, std::min<Index>(threads, blocks)));
 }
@@ -308,6 +343,72 @@ void backward_w(const System<T>& sys, const std::complex<T>* states, bool states
     std::copy(acc_u[0].data(), acc_u[0].data() + sys.steps, grads.control);
 }
 
+template <class T, int W>
+void jvp_w(const System<T>& sys, const Tangents<T>& tan, const std::complex<T>* psi0,
+           std::complex<T>* out, std::complex<T>* tout, bool trajectory, int threads,
+           const Poll& poll, const typename System<T>::Bounds& bounds) {
+  SharedData<T> sh(sys, bounds, &tan);
+  const Index blocks = (sys.batch + W - 1) / W;
+  const auto kernel = jvp_kernel<T, W>();
+  parallel_blocks(blocks, thread_count(blocks, threads), watch(sys, poll), &sh.stop,
+                  [&](Index first, Index last, int) {
+    WorkData<T> wk(sys.n, W, true);
+    for (Index ib = first; ib < last; ++ib)
+      kernel(sh.view, wk.view, ib * W, std::min<Index>(W, sys.batch - ib * W), psi0, out, tout,
+             trajectory);
+  });
+}
+
+template <class T, int W>
+void adjoint2_w(const System<T>& sys, const Tangents<T>& tan, const std::complex<T>* states,
+                const std::complex<T>* tstates, const std::complex<T>* grad_out,
+                const std::complex<T>* tgrad_out, bool grad_full, const Gradients<T>& grads,
+                const Gradients<T>& tgrads, int threads, const Poll& poll,
+                const typename System<T>::Bounds& bounds) {
+  SharedData<T> sh(sys, bounds, &tan);
+  const Index n = sys.n;
+  const Index blocks = (sys.batch + W - 1) / W;
+  const int nt = thread_count(blocks, threads);
+  const auto kernel = adjoint2_kernel<T, W>();
+  // per thread: Σ over shared rows of ∂/∂V, ∂/∂u, ∂/∂W, ∂/∂δV, ∂/∂δu, ∂/∂δW
+  const Index sizes[6] = {n, sys.control_rows == 1 ? sys.steps : 0, n, n,
+                          tan.control_rows == 1 ? sys.steps : 0, n};
+  std::vector<std::vector<Vec<T>>> acc(6);
+  for (int a = 0; a < 6; ++a) acc[a].assign(nt, Vec<T>::Zero(sizes[a]));
+  parallel_blocks(blocks, nt, watch(sys, poll), &sh.stop, [&](Index first, Index last, int t) {
+    WorkData<T> wk(n, W, true);
+    T* mine[6];
+    for (int a = 0; a < 6; ++a) mine[a] = acc[a][t].data();
+    for (Index ib = first; ib < last; ++ib)
+      kernel(sh.view, wk.view, ib * W, std::min<Index>(W, sys.batch - ib * W), states, tstates,
+             grad_out, tgrad_out, grad_full, grads, tgrads, mine);
+  });
+  for (int a = 0; a < 6; ++a)  // ordered reduction: deterministic for a thread count
+    for (int t = 1; t < nt; ++t) acc[a][0] += acc[a][t];
+  auto put = [&](T* dst, int a, bool shared) {
+    if (dst && shared) std::copy(acc[a][0].data(), acc[a][0].data() + sizes[a], dst);
+  };
+  put(grads.potential, 0, sys.potential_rows == 1);
+  put(grads.control, 1, sys.control_rows == 1);
+  put(grads.control_shape, 2, true);
+  put(tgrads.potential, 3, tan.potential_rows == 1);
+  put(tgrads.control, 4, tan.control_rows == 1);
+  put(tgrads.control_shape, 5, true);
+}
+
+/// Structural checks of a Tangents against its System (the binding checks shapes and
+/// finiteness).
+template <class T>
+void check_tangents(const System<T>& sys, const Tangents<T>& tan) {
+  QUFLOW_CHECK(!tan.potential || tan.potential_rows == 1 || tan.potential_rows == sys.batch,
+               "tangent potential rows must be 1 or batch");
+  QUFLOW_CHECK(!tan.control || sys.control_rows > 0, "a control tangent needs a control");
+  QUFLOW_CHECK(!tan.control_shape || sys.control_rows > 0,
+               "a control_shape tangent needs a control");
+  QUFLOW_CHECK(!tan.control || tan.control_rows == 1 || tan.control_rows == sys.batch,
+               "tangent control rows must be 1 or batch");
+}
+
 /// Calls run(std::integral_constant<int, W>) with the block width W for this batch:
 /// two registers per point when `wide` and the batch fills them, one register's worth for
 /// batches of at least half a register, else single states.
@@ -363,6 +464,52 @@ void cn_backward(const System<T>& sys, const std::complex<T>* states, bool state
   });
 }
 
+template <class T>
+void cn_jvp(const System<T>& sys, const Tangents<T>& tan, const std::complex<T>* psi0,
+            std::complex<T>* out, std::complex<T>* tout, bool trajectory, int threads,
+            const Poll& poll) {
+  const auto bounds = sys.check();
+  check_tangents(sys, tan);
+  QUFLOW_CHECK(psi0 != nullptr && out != nullptr && tout != nullptr,
+               "psi0, out and tout must not be null");
+  QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
+  check_state(sys, bounds, psi0, sys.batch * sys.n, "psi0");
+  if (tan.psi0) check_state(sys, bounds, tan.psi0, sys.batch * sys.n, "tangent of psi0");
+  QUFLOW_CHECK(!trajectory || (sys.steps < std::numeric_limits<Index>::max() &&
+                               size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*out))),
+               "the trajectory's size overflows");
+  with_lanes<T>(sys.batch, false, [&](auto w) {
+    jvp_w<T, decltype(w)::value>(sys, tan, psi0, out, tout, trajectory, threads, poll, bounds);
+  });
+}
+
+template <class T>
+void cn_adjoint2(const System<T>& sys, const Tangents<T>& tan, const std::complex<T>* states,
+                 const std::complex<T>* tstates, const std::complex<T>* grad_out,
+                 const std::complex<T>* tgrad_out, bool grad_full, const Gradients<T>& grads,
+                 const Gradients<T>& tgrads, int threads, const Poll& poll) {
+  const auto bounds = sys.check();
+  check_tangents(sys, tan);
+  QUFLOW_CHECK(states != nullptr && tstates != nullptr && tgrad_out != nullptr,
+               "states, tstates and tgrad_out must not be null");
+  QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
+  QUFLOW_CHECK((!grads.control && !grads.control_shape && !tgrads.control &&
+                !tgrads.control_shape) || sys.control_rows > 0,
+               "control gradient requested without control");
+  QUFLOW_CHECK(!grad_full || (sys.steps < std::numeric_limits<Index>::max() &&
+                              size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*states))),
+               "the trajectory's size overflows");
+  const Index cotangents = sys.batch * sys.n * (grad_full ? sys.steps + 1 : 1);
+  check_state(sys, bounds, states, sys.batch * sys.n, "states");
+  check_state(sys, bounds, tstates, sys.batch * sys.n, "tangent states");
+  if (grad_out) check_state(sys, bounds, grad_out, cotangents, "grad_out");
+  check_state(sys, bounds, tgrad_out, cotangents, "tangent grad_out");
+  with_lanes<T>(sys.batch, false, [&](auto w) {
+    adjoint2_w<T, decltype(w)::value>(sys, tan, states, tstates, grad_out, tgrad_out,
+                                      grad_full, grads, tgrads, threads, poll, bounds);
+  });
+}
+
 template void cn_forward<float>(const System<float>&, const std::complex<float>*,
                                 std::complex<float>*, bool, int, const Poll&);
 template void cn_forward<double>(const System<double>&, const std::complex<double>*,
@@ -373,5 +520,22 @@ template void cn_backward<float>(const System<float>&, const std::complex<float>
 template void cn_backward<double>(const System<double>&, const std::complex<double>*, bool,
                                   const std::complex<double>*, bool, const Gradients<double>&,
                                   int, const Poll&);
+
+template void cn_jvp<float>(const System<float>&, const Tangents<float>&,
+                            const std::complex<float>*, std::complex<float>*,
+                            std::complex<float>*, bool, int, const Poll&);
+template void cn_jvp<double>(const System<double>&, const Tangents<double>&,
+                             const std::complex<double>*, std::complex<double>*,
+                             std::complex<double>*, bool, int, const Poll&);
+template void cn_adjoint2<float>(const System<float>&, const Tangents<float>&,
+                                 const std::complex<float>*, const std::complex<float>*,
+                                 const std::complex<float>*, const std::complex<float>*, bool,
+                                 const Gradients<float>&, const Gradients<float>&, int,
+                                 const Poll&);
+template void cn_adjoint2<double>(const System<double>&, const Tangents<double>&,
+                                  const std::complex<double>*, const std::complex<double>*,
+                                  const std::complex<double>*, const std::complex<double>*,
+                                  bool, const Gradients<double>&, const Gradients<double>&, int,
+                                  const Poll&);
 
 }  // namespace quflow

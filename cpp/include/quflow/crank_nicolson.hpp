@@ -232,6 +232,46 @@ void cn_backward(const System<T>& sys, const std::complex<T>* states, bool state
                  const std::complex<T>* grad_out, bool grad_full, const Gradients<T>& grads,
                  int threads, const Poll& poll = {});
 
+/// Directions of a forward-mode (tangent) propagation: δψ0, δV, δu, δW, shaped as the
+/// inputs they perturb (δV: (potential_rows ∈ {1, batch}, n), δu: (control_rows ∈ {1,
+/// batch}, steps), δW: (n,)). A null pointer means a zero direction; δu and δW need a
+/// control in the System.
+template <class T>
+struct Tangents {
+  const std::complex<T>* psi0 = nullptr;
+  const T* potential = nullptr;
+  Index potential_rows = 0;
+  const T* control = nullptr;
+  Index control_rows = 0;
+  const T* control_shape = nullptr;
+};
+
+/// Forward mode: the forward sweep fused with its tangent,
+///   (I + i·dt/2·H_k) δψ_{k+1} = (I − i·dt/2·H_k) δψ_k − i·dt/2·δH_k (ψ_k + ψ_{k+1}),
+///   δH_k = diag(δV + δu_k·W + u_k·δW),
+/// solved with the same tridiagonal factorisation as the step itself.
+///   out, tout: (batch, n) final ψ and δψ, or (batch, steps+1, n) when trajectory.
+template <class T>
+void cn_jvp(const System<T>& sys, const Tangents<T>& tan, const std::complex<T>* psi0,
+            std::complex<T>* out, std::complex<T>* tout, bool trajectory, int threads,
+            const Poll& poll = {});
+
+/// Second order: the adjoint of the tangent-augmented step
+///   X = (ψ, δψ),  (I + i·dt/2·A_k) X_{k+1} = (I − i·dt/2·A_k) X_k,  A_k = [[H_k, 0], [δH_k, H_k]],
+/// i.e. the reverse-mode gradient of Re⟨a, ψ⟩ + Re⟨b, δψ⟩ with respect to (ψ0, V, u, W)
+/// (`grads`) and to the directions (δψ0, δV, δu, δW) (`tgrads`, equal to the first-order
+/// adjoint of b). With a = 0 its `grads` are Hessian–vector products of Re⟨b, ψ⟩.
+/// States are always rebuilt backwards from the final ψ and δψ (memory independent of
+/// steps).
+///   states, tstates: (batch, n) final ψ and δψ (from cn_jvp).
+///   grad_out: cotangent a of ψ, null for zero; tgrad_out: cotangent b of δψ. Both
+///             (batch, n), or (batch, steps+1, n) when grad_full.
+template <class T>
+void cn_adjoint2(const System<T>& sys, const Tangents<T>& tan, const std::complex<T>* states,
+                 const std::complex<T>* tstates, const std::complex<T>* grad_out,
+                 const std::complex<T>* tgrad_out, bool grad_full, const Gradients<T>& grads,
+                 const Gradients<T>& tgrads, int threads, const Poll& poll = {});
+
 /// Name of the instruction-set variant the kernels dispatch to on this CPU ("avx2" or "baseline").
 const char* kernel_isa();
 
