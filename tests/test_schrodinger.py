@@ -289,28 +289,6 @@ def test_only_requested_gradients_are_computed():
     assert g.shape == (3, 5) and psi.grad is None
 
 
-def test_double_backward_raises():
-    grid = quflow.Grid(6)
-    V = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    out = quflow.crank_nicolson(quflow.random_states(grid, 2, seed=0), V, dt=0.1, dx=grid.dx,
-                                steps=3)
-    (g,) = torch.autograd.grad(out.abs().pow(2).mul(grid.x).sum(), V, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        g.sum().backward()
-
-
-def test_torch_func_transforms_raise_a_clear_error():
-    grid = quflow.Grid(8)
-    psi = quflow.random_states(grid, 2, seed=13)
-
-    def f(v):
-        return quflow.crank_nicolson(psi, v, dt=0.2, dx=grid.dx, steps=6).abs().pow(2) \
-            .mul(grid.x).sum()
-
-    with pytest.raises(RuntimeError, match="torch.func"):
-        torch.func.grad(f)(torch.randn(8, dtype=torch.float64))
-
-
 _BASELINE_CHECK = """
 import torch, quflow
 from quflow import _core

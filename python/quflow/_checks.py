@@ -98,7 +98,7 @@ def as_core_array(x: torch.Tensor | None):
     try:
         array = x.detach().resolve_conj().resolve_neg().contiguous().numpy()
         return array if array.flags.aligned else array.copy()
-    except RuntimeError as exc:  # functorch wrappers have no storage to hand over
-        raise RuntimeError("quflow's C++ ops do not support torch.func transforms "
-                           "(grad, vmap, jacrev); use torch.autograd.grad or .backward() "
-                           "instead") from exc
+    except RuntimeError as exc:  # e.g. a functorch wrapper, which has no storage to hand over
+        raise RuntimeError("quflow: a tensor without storage reached the C++ kernels; call "
+                           "them through quflow's public functions (they support torch.func "
+                           "transforms)") from exc

@@ -2,79 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
-from torch.autograd.function import once_differentiable
 
-from . import _checks, _core
+from . import _checks, _ops
 
 __all__ = ["crank_nicolson"]
 
 _ADJOINT_MODES = ("reverse", "store")
 _MAX_STEPS = 2**63 - 2  # steps + 1 states must still be counted in 64 bits
-
-
-@dataclasses.dataclass(frozen=True)
-class _Config:
-    dt: float
-    dx: float
-    steps: int
-    trajectory: bool  # return every state
-    store: bool       # keep the forward states for backward (else rebuild them backwards)
-    threads: int
-
-
-def _kernels(dtype: torch.dtype):
-    if dtype == torch.complex128:
-        return _core.forward_c128, _core.backward_c128
-    return _core.forward_c64, _core.backward_c64
-
-
-class _CrankNicolson(torch.autograd.Function):
-    """psi0 (B, n) complex, potential (P, n), control (C, T) | None, control_shape (n,) | None.
-
-    All inputs are validated, contiguous and of one precision; returns (result, states)
-    where ``states`` is the stored trajectory (store mode) or an empty placeholder.
-    """
-
-    @staticmethod
-    def forward(psi0, potential, control, control_shape, cfg: _Config):
-        forward, _ = _kernels(psi0.dtype)
-        keep = cfg.trajectory or cfg.store
-        a = _checks.as_core_array
-        out = torch.from_numpy(forward(a(psi0), a(potential), a(control), a(control_shape),
-                                       cfg.dt, cfg.dx, cfg.steps, keep, cfg.threads))
-        if cfg.trajectory or not keep:
-            return out, out.new_empty(0)
-        return out[:, -1].clone(), out
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, potential, control, control_shape, cfg = inputs
-        result, states = output
-        ctx.cfg = cfg
-        ctx.mark_non_differentiable(states)
-        # no zero cotangent the size of the stored states for the non-differentiable output
-        ctx.set_materialize_grads(False)
-        kept = result if (cfg.trajectory or not cfg.store) else states
-        ctx.save_for_backward(kept, potential, control, control_shape)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_result, _grad_states):
-        states, potential, control, control_shape = ctx.saved_tensors
-        cfg: _Config = ctx.cfg
-        need = ctx.needs_input_grad
-        if grad_result is None:  # the result was not used: no gradient flows
-            return None, None, None, None, None
-        _, backward = _kernels(states.dtype)
-        a = _checks.as_core_array
-        grads = backward(a(states), a(grad_result), a(potential), a(control), a(control_shape),
-                         cfg.dt, cfg.dx, cfg.steps, need_psi0=need[0], need_potential=need[1],
-                         need_control=need[2], need_control_shape=need[3], threads=cfg.threads)
-        g_psi0, g_pot, g_ctrl, g_shape = (None if g is None else torch.from_numpy(g) for g in grads)
-        return g_psi0, g_pot, g_ctrl, g_shape, None
 
 
 def crank_nicolson(
@@ -116,9 +51,28 @@ def crank_nicolson(
     ``dt = 0.2``, ``dx = 0.1``); the map is linear, so rescale larger ones.
 
     The op is differentiable with respect to ``psi0``, ``potential``, ``control`` and
-    ``control_shape`` (whichever require grad), in PyTorch's complex convention, through a
-    hand-written adjoint in C++ (no autograd tape over the steps). Double backward is not
-    supported and raises.
+    ``control_shape`` (whichever require grad), in PyTorch's complex convention, through
+    hand-written derivatives in C++ (no autograd tape over the steps):
+
+    * reverse mode: the adjoint sweep (``.backward()``, ``torch.autograd.grad``);
+    * forward mode: the step fused with its tangent,
+      ``(I + i·dt/2·H_k) δψ_{k+1} = (I − i·dt/2·H_k) δψ_k − i·dt/2·δH_k (ψ_k + ψ_{k+1})``,
+      ``δH_k = diag(δV + δu_k·W + u_k·δW)``, solved with the step's own factorisation
+      (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``);
+    * second order: the backward is itself differentiable (double backward,
+      ``create_graph=True``, Hessian–vector products, ``torch.func.hessian``), through the
+      adjoint of the tangent-augmented step; it rebuilds the states backwards from ψ_T, so
+      its memory does not grow with ``steps`` (in either ``adjoint`` mode). Third
+      derivatives are not implemented and raise.
+
+    It composes with ``torch.func`` (``vmap``, ``grad``, ``jacrev``, ``jacfwd``, ``jvp``,
+    ``hessian``; mapped dimensions are folded into the kernels' batch, except a mapped
+    ``control_shape`` or its gradient, computed one mapped slice at a time) and with
+    ``torch.compile(fullgraph=True)``: the kernels are registered operators
+    (``torch.ops.quflow.cn_forward``, ``cn_backward``, ``cn_jvp``, ``cn_adjoint2``) with
+    fake implementations and derivative formulas, checked by ``torch.library.opcheck``.
+    Inside compiled graphs the NaN/Inf and range checks run in the kernels, at run time,
+    and raise the same ``ValueError`` as in eager mode.
 
     Args:
         psi0: initial states, ``(batch, n)`` or ``(n,)``, complex64 or complex128; real
@@ -226,7 +180,7 @@ def crank_nicolson(
     rows = {"psi0": psi0, "potential": potential, "control": control}
     sizes = {k: v.shape[0] for k, v in rows.items() if v is not None and v.ndim == 2}
     batched = bool(sizes)
-    batch = max(sizes.values(), default=1)
+    batch = max([1, *sizes.values()])
     if any(size not in (1, batch) for size in sizes.values()):
         detail = ", ".join(f"{k} has {s}" for k, s in sizes.items())
         raise ValueError(f"batch sizes do not match: {detail} rows (each must equal the "
@@ -242,7 +196,18 @@ def crank_nicolson(
 
     # NaN/Inf in psi0, potential, control or control_shape: the binding scans each array
     # once in C++ and raises ValueError("<name>: contains NaN or Inf") before computing.
-    cfg = _Config(dt=dt, dx=dx, steps=steps, trajectory=trajectory, store=adjoint == "store",
-                  threads=max(1, torch.get_num_threads()))
-    result, _ = _CrankNicolson.apply(psi0, potential, control, control_shape, cfg)
+    cfg = _ops.Config(dt=dt, dx=dx, steps=steps, trajectory=trajectory,
+                      store=adjoint == "store", threads=0)
+    if torch.compiler.is_compiling():
+        # the operator with its registered derivatives: no forward mode, no graph break
+        keep = trajectory or cfg.store
+        result = torch.ops.quflow.cn_forward(psi0.contiguous(), potential.contiguous(),
+                                             control if control is None else control.contiguous(),
+                                             control_shape, dt, dx, steps, keep, cfg.threads)
+        if keep and not trajectory:
+            result = result[:, -1]
+    else:
+        result, _ = _ops.CrankNicolson.apply(psi0.contiguous(), potential.contiguous(),
+                                             None if control is None else control.contiguous(),
+                                             control_shape, cfg)
     return result if batched else result[0]
