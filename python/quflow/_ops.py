@@ -237,6 +237,16 @@ def _backward_backward(ctx, *cot):
 cn_backward.register_autograd(_backward_backward, setup_context=_backward_setup)
 
 
+def _third_order(ctx, *grads):
+    raise RuntimeError("quflow: crank_nicolson is differentiable twice (forward mode, "
+                       "backward, double backward, Hessian–vector products); third "
+                       "derivatives are not implemented")
+
+
+for _op in (cn_jvp, cn_adjoint2):
+    _op.register_autograd(_third_order, setup_context=lambda ctx, inputs, output: None)
+
+
 # The eager path: autograd.Functions over the same operators, with forward mode and the
 # torch.func transforms (vmap through the operators' batching rules).
 
