@@ -180,7 +180,7 @@ def crank_nicolson(
     rows = {"psi0": psi0, "potential": potential, "control": control}
     sizes = {k: v.shape[0] for k, v in rows.items() if v is not None and v.ndim == 2}
     batched = bool(sizes)
-    batch = max([1, *sizes.values()])
+    batch = max(sizes.values()) if sizes else 1
     if any(size not in (1, batch) for size in sizes.values()):
         detail = ", ".join(f"{k} has {s}" for k, s in sizes.items())
         raise ValueError(f"batch sizes do not match: {detail} rows (each must equal the "
