@@ -396,3 +396,25 @@ def test_bad_tangents_are_named():
     bad[1] = float("inf")
     with pytest.raises(ValueError, match="tangent control: contains NaN or Inf"):
         jvp(lambda x: case.call(p, v, x, w), (u,), (bad,))
+
+
+@pytest.mark.xfail(strict=True, reason="PyTorch 2.13: the reverse-over-forward derivative of "
+                   "complex torch.linalg.solve is wrong; this is why the dense reference is "
+                   "differentiated reverse-over-reverse above (strict: tells us when fixed)")
+def test_upstream_complex_solve_reverse_over_forward():
+    import torch.autograd.forward_ad as fwad
+    gen = torch.Generator().manual_seed(0)
+    a0 = torch.randn(3, 3, dtype=torch.complex128, generator=gen) + 3 * torch.eye(3)
+    x = torch.randn(3, dtype=torch.complex128, generator=gen)
+    b = torch.randn(3, dtype=torch.complex128, generator=gen)
+    tv = torch.randn(3, dtype=torch.float64, generator=gen)
+
+    def tangent(v, solve):
+        with fwad.dual_level():
+            a = a0 + 1j * torch.diag(fwad.make_dual(v, tv)).to(torch.complex128)
+            return (b.conj() * fwad.unpack_dual(solve(a, x)).tangent).sum().real
+
+    v = torch.randn(3, dtype=torch.float64, generator=gen, requires_grad=True)
+    (with_inv,) = torch.autograd.grad(tangent(v, lambda a, x: torch.linalg.inv(a) @ x), v)
+    (with_solve,) = torch.autograd.grad(tangent(v, torch.linalg.solve), v)
+    torch.testing.assert_close(with_solve, with_inv, atol=1e-10, rtol=0)
