@@ -22,7 +22,7 @@ SAN_DIR   := build/sanitize
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g
 SAN_TESTS := tests/test_core_contract.py tests/test_schrodinger.py tests/test_schrodinger_errors.py \
              tests/test_schrodinger_limits.py tests/test_properties.py tests/test_fidelity.py \
-             tests/test_grid.py
+             tests/test_grid.py tests/test_op_transforms.py
 
 .PHONY: reproduce test sanitize bench bench-cpp clean
 

@@ -152,3 +152,50 @@ def test_inputs_beyond_the_representable_range_are_refused_by_the_core(dtype, ba
     fn = _core.forward_c128 if dtype == np.complex128 else _core.forward_c64
     with pytest.raises(ValueError, match="overflow"):
         fn(**kw)
+
+
+def _tangent_args(**kw):
+    a = args(control=np.zeros((1, T)), control_shape=np.ones(N))
+    a.update(tpsi0=np.ones((B, N), np.complex128), tpotential=np.zeros((1, N)),
+             tcontrol=np.zeros((B, T)), tcontrol_shape=np.zeros(N))
+    a.update(kw)
+    return a
+
+
+@pytest.mark.parametrize("bad,exc,msg", [
+    (dict(tpsi0=np.ones((B, N), np.complex64)), TypeError, None),
+    (dict(tpotential=np.zeros((1, 2 * N))[:, ::2]), TypeError, None),
+    (dict(tpsi0=np.ones((B, N + 1), np.complex128)), ValueError, "tangent psi0: expected"),
+    (dict(tpotential=np.zeros((2, N))), ValueError, "tangent potential: expected shape"),
+    (dict(tcontrol=np.zeros((B, T + 1))), ValueError, "tangent control: expected shape"),
+    (dict(tcontrol_shape=np.zeros(N - 1)), ValueError, "tangent control_shape: expected"),
+    (dict(tcontrol=np.full((1, T), np.nan)), ValueError, "tangent control: contains NaN"),
+    (dict(control=None, control_shape=None), ValueError, "tangent control: given without"),
+])
+def test_forward_mode_contract(bad, exc, msg):
+    assert [x.shape for x in _core.jvp_c128(**_tangent_args())] == [(B, N)] * 2
+    with pytest.raises(exc, match=msg):
+        _core.jvp_c128(**_tangent_args(**bad))
+
+
+def test_second_order_contract():
+    a = _tangent_args()
+    psi, tpsi = _core.jvp_c128(**a)
+    kw = dict(potential=a["potential"], control=a["control"], control_shape=a["control_shape"],
+              tpotential=a["tpotential"], tcontrol=a["tcontrol"],
+              tcontrol_shape=a["tcontrol_shape"], dt=0.1, dx=0.2, steps=T)
+    out = _core.adjoint2_c128(psi, tpsi, None, tpsi, need=[True] * 8, **kw)
+    assert [None if g is None else g.shape for g in out] == \
+        [(B, N), (1, N), (1, T), (N,), (B, N), (1, N), (B, T), (N,)]
+    with pytest.raises(ValueError, match="need: expected 8 flags"):
+        _core.adjoint2_c128(psi, tpsi, None, tpsi, need=[True] * 4, **kw)
+    with pytest.raises(ValueError, match="grad_out: expected shape"):
+        _core.adjoint2_c128(psi, tpsi, np.ones((B, T + 1, N), np.complex128), tpsi,
+                            need=[True] * 8, **kw)
+    with pytest.raises(ValueError, match="tangent states: expected shape"):
+        _core.adjoint2_c128(psi, tpsi[:1].copy(), None, tpsi, need=[True] * 8, **kw)
+    with pytest.raises(ValueError, match="tangent grad_out: a component of size inf"):
+        _core.adjoint2_c128(psi, tpsi, None, np.full((B, N), np.inf, np.complex128),
+                            need=[True] * 8, **kw)
+    with pytest.raises(TypeError):
+        _core.adjoint2_c128(psi, tpsi.astype(np.complex64), None, tpsi, need=[True] * 8, **kw)
