@@ -13,11 +13,13 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "quflow/crank_nicolson.hpp"
 
@@ -50,14 +52,33 @@ bool interpreter_finalizing() {
 #endif
 }
 
-/// Runs a core call with the GIL released. The calling thread briefly takes the GIL back
-/// every few milliseconds to run Python's signal handlers; if one raises (Ctrl-C:
-/// KeyboardInterrupt) the core stops its workers and that exception is raised here.
+/// True on the interpreter's main thread, the only one where Python runs signal handlers
+/// (PyErr_CheckSignals does nothing on any other thread).
+bool on_main_thread() {
+  static const unsigned long main_ident =
+      py::module_::import("threading").attr("main_thread")().attr("ident").cast<unsigned long>();
+  return PyThread_get_thread_ident() == main_ident;
+}
+
+/// Never returns: the thread waits for the process to end. A thread that takes the GIL
+/// while Python finalizes is ended by pthread_exit, whose unwinding aborts the process if
+/// it meets a C++ frame that cannot be unwound (torch's dispatcher, above a registered
+/// operator, re-takes the GIL in a destructor); Python 3.14 hangs such threads instead.
+[[noreturn]] void hang_until_exit() {
+  for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+}
+
+/// Runs a core call with the GIL released. On the main thread, the calling thread briefly
+/// takes the GIL back every few milliseconds to run Python's signal handlers; if one raises
+/// (Ctrl-C: KeyboardInterrupt) the core stops its workers and that exception is raised here.
+/// Other threads are not polled (no handler runs there), so they never wait for the GIL
+/// during a call.
 ///
-/// While the interpreter finalizes (a daemon thread inside a long call at exit) the poll
-/// does not touch the GIL: taking it then ends the thread (pthread_exit). Should that
-/// happen anyway, the core joins its workers and the unwinding passes through here without
-/// taking the GIL back.
+/// A call that ends while the interpreter finalizes (a daemon thread at exit) does not go
+/// back into Python: its thread waits for the process to end (see hang_until_exit). The
+/// main thread's poll does not touch the GIL then either; should pthread_exit unwind
+/// through here anyway, the core joins its workers and the unwinding passes through
+/// without taking the GIL back.
 template <class Call>
 void run_released(Call&& call) {
   const quflow::Poll poll = [] {
@@ -65,11 +86,12 @@ void run_released(Call&& call) {
     py::gil_scoped_acquire gil;
     return PyErr_CheckSignals() != 0;  // leaves the handler's exception set
   };
+  const bool watched = on_main_thread();
   bool cancelled = false;
   {
     py::gil_scoped_release nogil;
     try {
-      call(poll);
+      call(watched ? poll : quflow::Poll{});
     } catch (const quflow::Cancelled&) {
       cancelled = true;
 #if defined(__GLIBCXX__)
@@ -77,7 +99,11 @@ void run_released(Call&& call) {
       nogil.disarm();
       throw;
 #endif
+    } catch (...) {
+      if (interpreter_finalizing()) hang_until_exit();
+      throw;
     }
+    if (interpreter_finalizing()) hang_until_exit();
   }
   if (cancelled) throw py::error_already_set();
 }

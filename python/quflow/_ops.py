@@ -29,6 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _dispatch_mode
+
 from . import _checks, _core
 
 _Opt = Tensor | None
@@ -50,6 +52,35 @@ def _threads(threads: int) -> int:
     return threads if threads > 0 else max(1, torch.get_num_threads())
 
 
+def _plain_eager(args) -> bool:
+    """True for a call that needs nothing of torch's dispatcher: no torch.func transform,
+    no compilation or tracing mode, nothing to record for autograd, plain CPU tensors. Such calls run the kernels
+    directly: the dispatcher's round trip through Python costs tens of µs per call, and it
+    takes the GIL back in a destructor, which aborts the process when a daemon thread's
+    call ends while Python exits."""
+    if (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
+            or _dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()):
+        return False
+    tensors = [a for a in args if isinstance(a, Tensor)]
+    if torch.is_grad_enabled() and any(a.requires_grad for a in tensors):
+        return False  # recorded for autograd (third derivatives raise there)
+    return all(type(a) is Tensor and a.device.type == "cpu" and not _wrapped(a)
+               for a in tensors)
+
+
+def _wrapped(x: Tensor) -> bool:
+    """A tensor that wraps another: vmap's (the legacy one too, used by gradcheck),
+    torch.func's gradient wrapper, a functional tensor."""
+    ft = torch._C._functorch
+    return bool(ft.is_functorch_wrapped_tensor(x) or ft.is_legacy_batchedtensor(x)
+                or ft.is_functionaltensor(x))
+
+
+def _call(op, impl, *args):
+    """op(*args) through the dispatcher, or impl(*args) directly for a plain eager call."""
+    return impl(*args) if _plain_eager(args) else op(*args)
+
+
 def _core_fn(name: str, dtype: torch.dtype):
     return getattr(_core, f"{name}_{'c128' if dtype == torch.complex128 else 'c64'}")
 
@@ -69,13 +100,16 @@ def _empty(like: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------- the operators
 
-@torch.library.custom_op("quflow::cn_forward", mutates_args=(), device_types="cpu")
-def cn_forward(psi0: Tensor, potential: Tensor, control: _Opt, control_shape: _Opt, dt: float,
+def _cn_forward_impl(psi0: Tensor, potential: Tensor, control: _Opt, control_shape: _Opt, dt: float,
                dx: float, steps: int, trajectory: bool, threads: int) -> Tensor:
     """ψ0 (B, n) → ψ_T (B, n), or (B, steps+1, n) when ``trajectory``."""
     return _t(_core_fn("forward", psi0.dtype)(_np(psi0), _np(potential), _np(control),
                                                _np(control_shape), dt, dx, steps, trajectory,
                                                _threads(threads)))
+
+
+cn_forward = torch.library.custom_op("quflow::cn_forward", mutates_args=(),
+                                      device_types="cpu")(_cn_forward_impl)
 
 
 @cn_forward.register_fake
@@ -84,8 +118,7 @@ def _(psi0, potential, control, control_shape, dt, dx, steps, trajectory, thread
     return psi0.new_empty((b, steps + 1, n) if trajectory else (b, n))
 
 
-@torch.library.custom_op("quflow::cn_backward", mutates_args=(), device_types="cpu")
-def cn_backward(states: Tensor, grad: Tensor, psi0: Tensor, potential: Tensor, control: _Opt,
+def _cn_backward_impl(states: Tensor, grad: Tensor, psi0: Tensor, potential: Tensor, control: _Opt,
                 control_shape: _Opt, dt: float, dx: float, steps: int, need: Sequence[bool],
                 threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Jᵀ·grad: the gradients of ψ0, V, u, W (empty where ``need`` is false).
@@ -108,13 +141,16 @@ def _grad_shapes(psi0, potential, control, control_shape, need):
                  for x, want in zip(like, need))
 
 
+cn_backward = torch.library.custom_op("quflow::cn_backward", mutates_args=(),
+                                       device_types="cpu")(_cn_backward_impl)
+
+
 @cn_backward.register_fake
 def _(states, grad, psi0, potential, control, control_shape, dt, dx, steps, need, threads):
     return _grad_shapes(psi0, potential, control, control_shape, need)
 
 
-@torch.library.custom_op("quflow::cn_jvp", mutates_args=(), device_types="cpu")
-def cn_jvp(psi0: Tensor, potential: Tensor, control: _Opt, control_shape: _Opt, tpsi0: _Opt,
+def _cn_jvp_impl(psi0: Tensor, potential: Tensor, control: _Opt, control_shape: _Opt, tpsi0: _Opt,
            tpotential: _Opt, tcontrol: _Opt, tcontrol_shape: _Opt, dt: float, dx: float,
            steps: int, trajectory: bool, threads: int) -> tuple[Tensor, Tensor]:
     """(ψ_T, J·δθ) for the direction δθ = (tpsi0, tpotential, tcontrol, tcontrol_shape)."""
@@ -125,6 +161,10 @@ def cn_jvp(psi0: Tensor, potential: Tensor, control: _Opt, control_shape: _Opt, 
     return _t(out), _t(tout)
 
 
+cn_jvp = torch.library.custom_op("quflow::cn_jvp", mutates_args=(),
+                                  device_types="cpu")(_cn_jvp_impl)
+
+
 @cn_jvp.register_fake
 def _(psi0, potential, control, control_shape, tpsi0, tpotential, tcontrol, tcontrol_shape, dt,
       dx, steps, trajectory, threads):
@@ -133,8 +173,7 @@ def _(psi0, potential, control, control_shape, tpsi0, tpotential, tcontrol, tcon
     return psi0.new_empty(shape), psi0.new_empty(shape)
 
 
-@torch.library.custom_op("quflow::cn_adjoint2", mutates_args=(), device_types="cpu")
-def cn_adjoint2(states: Tensor, tstates: Tensor, grad: _Opt, tgrad: Tensor, psi0: Tensor,
+def _cn_adjoint2_impl(states: Tensor, tstates: Tensor, grad: _Opt, tgrad: Tensor, psi0: Tensor,
                 potential: Tensor, control: _Opt, control_shape: _Opt, tpotential: _Opt,
                 tcontrol: _Opt, tcontrol_shape: _Opt, dt: float, dx: float, steps: int,
                 need: Sequence[bool], threads: int) -> list[Tensor]:
@@ -149,11 +188,31 @@ def cn_adjoint2(states: Tensor, tstates: Tensor, grad: _Opt, tgrad: Tensor, psi0
     return [_empty(x) if g is None else _t(g) for g, x in zip(out, like)]
 
 
+cn_adjoint2 = torch.library.custom_op("quflow::cn_adjoint2", mutates_args=(),
+                                       device_types="cpu")(_cn_adjoint2_impl)
+
+
 @cn_adjoint2.register_fake
 def _(states, tstates, grad, tgrad, psi0, potential, control, control_shape, tpotential,
       tcontrol, tcontrol_shape, dt, dx, steps, need, threads):
     return list(_grad_shapes(psi0, potential, control, control_shape, need[:4])
                 + _grad_shapes(psi0, potential, control, control_shape, need[4:]))
+
+
+def _forward(*args):
+    return _call(torch.ops.quflow.cn_forward, _cn_forward_impl, *args)
+
+
+def _backward(*args):
+    return _call(torch.ops.quflow.cn_backward, _cn_backward_impl, *args)
+
+
+def _jvp(*args):
+    return _call(torch.ops.quflow.cn_jvp, _cn_jvp_impl, *args)
+
+
+def _adjoint2(*args):
+    return _call(torch.ops.quflow.cn_adjoint2, _cn_adjoint2_impl, *args)
 
 
 # ---------------------------------------------------------------- derivative formulas
@@ -183,10 +242,9 @@ def second_order(psi0, potential, control, control_shape, grad, cot, cfg: Config
     if tpsi0 is not None:
         tpsi0 = tpsi0.to(psi0.dtype).contiguous()
     steps = cfg.steps
-    out, tout = torch.ops.quflow.cn_jvp(psi0, potential, control, control_shape, tpsi0, tpot,
-                                        tctl, tshape, cfg.dt, cfg.dx, steps, cfg.trajectory,
-                                        cfg.threads)
-    grads = torch.ops.quflow.cn_adjoint2(
+    out, tout = _jvp(psi0, potential, control, control_shape, tpsi0, tpot, tctl, tshape,
+                     cfg.dt, cfg.dx, steps, cfg.trajectory, cfg.threads)
+    grads = _adjoint2(
         _final(out, cfg.trajectory), _final(tout, cfg.trajectory), extra, grad.contiguous(),
         psi0, potential, control, control_shape, tpot, tctl, tshape, cfg.dt, cfg.dx, steps,
         list(need) + [False] * 4, cfg.threads)
@@ -209,9 +267,8 @@ def _forward_setup(ctx, inputs, output):
 def _forward_backward(ctx, grad):
     psi0, potential, control, control_shape, out = ctx.saved_tensors
     need = list(ctx.needs_input_grad[:4])
-    grads = torch.ops.quflow.cn_backward(out, grad, psi0, potential, control, control_shape,
-                                         ctx.cfg.dt, ctx.cfg.dx, ctx.cfg.steps, need,
-                                         ctx.cfg.threads)
+    grads = _backward(out, grad, psi0, potential, control, control_shape, ctx.cfg.dt,
+                      ctx.cfg.dx, ctx.cfg.steps, need, ctx.cfg.threads)
     return (*(_maybe(g, w) for g, w in zip(grads, need)), None, None, None, None, None)
 
 
@@ -261,8 +318,8 @@ class CrankNicolson(torch.autograd.Function):
     @staticmethod
     def forward(psi0, potential, control, control_shape, cfg: Config):
         keep = cfg.trajectory or cfg.store
-        out = torch.ops.quflow.cn_forward(psi0, potential, control, control_shape, cfg.dt,
-                                          cfg.dx, cfg.steps, keep, cfg.threads)
+        out = _forward(psi0, potential, control, control_shape, cfg.dt, cfg.dx, cfg.steps,
+                       keep, cfg.threads)
         if cfg.trajectory or not keep:
             return out, out.new_empty(0)
         return out[:, -1].clone(), out
@@ -294,7 +351,7 @@ class CrankNicolson(torch.autograd.Function):
         cfg = ctx.cfg
         if tpsi0 is not None:
             tpsi0 = tpsi0.to(psi0.dtype).contiguous()
-        _, tout = torch.ops.quflow.cn_jvp(
+        _, tout = _jvp(
             psi0, potential, control, control_shape, tpsi0,
             *(None if t is None else t.contiguous() for t in (tpotential, tcontrol,
                                                               tcontrol_shape)),
@@ -320,8 +377,8 @@ class Backward(torch.autograd.Function):
     @staticmethod
     def forward(psi0, potential, control, control_shape, grad, kept, cfg: Config, need: int):
         need = _unmask(need)
-        return torch.ops.quflow.cn_backward(kept, grad, psi0, potential, control, control_shape,
-                                            cfg.dt, cfg.dx, cfg.steps, list(need), cfg.threads)
+        return _backward(kept, grad, psi0, potential, control, control_shape, cfg.dt, cfg.dx,
+                         cfg.steps, list(need), cfg.threads)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
