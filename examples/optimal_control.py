@@ -31,8 +31,8 @@ the seeds, how many runs reached it and the medians of those that did: iteration
 objective evaluations (forward sweeps), gradients (adjoint sweeps), Hessian–vector products
 and wall time, in one thread (``torch.set_num_threads(1)``).
 
-    python examples/optimal_control.py            # ~10 s on one core
-    python examples/optimal_control.py --sweep    # also Adam's learning-rate sweep (~25 s)
+    python examples/optimal_control.py            # ~15 s on one core
+    python examples/optimal_control.py --sweep    # also Adam's learning-rate sweep (~30 s)
 """
 
 from __future__ import annotations
@@ -217,8 +217,13 @@ def solve(method: str, initial: int, target: int, seed: int, steps: int = STEPS,
 
 
 def compare(initial: int, target: int, seeds=range(SEEDS), steps: int = STEPS) -> dict:
-    """method → the runs over the seeds."""
-    return {m: [solve(m, initial, target, s, steps) for s in seeds] for m in CAPS}
+    """method → the runs over the seeds (the methods take turns seed by seed, so that a
+    change in the machine's load hits them alike)."""
+    runs = {m: [] for m in CAPS}
+    for s in seeds:
+        for m in CAPS:
+            runs[m].append(solve(m, initial, target, s, steps))
+    return runs
 
 
 def table(runs: dict) -> str:

@@ -1,7 +1,11 @@
-"""examples/optimal_control.py: each optimiser reaches fidelity ≥ 0.999, and the Hessian–vector
-products its Newton-CG uses equal forward-over-reverse and a dense reference."""
+"""examples/optimal_control.py: each optimiser reaches fidelity ≥ 0.999, the Hessian–vector
+products its Newton-CG uses equal forward-over-reverse and a dense reference; the README's
+derivatives snippet prints what it says."""
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +86,13 @@ def test_steihaug_cg_solves_a_convex_quadratic_and_stops_at_the_boundary():
     # negative curvature along the first direction: straight to the boundary
     p, _ = example.steihaug_cg(lambda d: -d, g, radius=2.0, tol=1e-12, max_iter=6)
     assert torch.allclose(p, -2.0 * g / g.norm(), atol=1e-12)
+
+
+@pytest.mark.slow
+def test_readme_derivatives_snippet_prints_what_it_says(capsys):
+    """The README's forward-mode / second-order / compile snippet (torch.compile: ~15 s)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("**Forward mode, second order"):]
+    code, output = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out == output
