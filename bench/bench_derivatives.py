@@ -56,14 +56,10 @@ import sys
 import tempfile
 import time
 
-# torch.compile's first call is timed cold: inductor's on-disk caches in a fresh folder
-_CACHE = tempfile.mkdtemp(prefix="quflow-bench-inductor-")
-os.environ["TORCHINDUCTOR_CACHE_DIR"] = _CACHE
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import quflow  # noqa: E402
+import quflow
 
 N, LENGTH, DT, BATCH, STEPS = 20, 2.0, 0.2, 200, 100
 GRID = quflow.Grid(N, LENGTH)
@@ -351,6 +347,16 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer repeats, memory up to 1000 steps")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
+    # torch.compile's first call is timed cold: inductor's on-disk caches in a fresh folder
+    cache = tempfile.mkdtemp(prefix="quflow-bench-inductor-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    try:
+        report(args)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def report(args):
     torch.set_num_threads(1)
     repeats = 5 if args.quick else 21
     print(f"quflow {quflow.__version__}, torch {torch.__version__}, kernels: "
@@ -410,7 +416,6 @@ def main():
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)
-    shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 if __name__ == "__main__":
