@@ -218,7 +218,8 @@ def dense_crank_nicolson(psi0, u, steps):
     psi = psi0
     for k in range(steps):
         h = lap + torch.diag_embed(u[:, k, None] * GRID.x)
-        psi = torch.linalg.solve(eye + 0.5j * DT * h, ((eye - 0.5j * DT * h) @ psi[..., None]))[..., 0]
+        rhs = (eye - 0.5j * DT * h) @ psi[..., None]
+        psi = torch.linalg.solve(eye + 0.5j * DT * h, rhs)[..., 0]
     return psi
 
 
@@ -387,7 +388,9 @@ def report(args):
     print("|---:|---:|---:|---:|---:|")
 
     def mb(x, star=""):
-        return "—" if x is None else f"{x / 1e6:.2f} MB{star}" if x < 1e8 else f"{x / 1e6:.0f} MB{star}"
+        if x is None:
+            return "—"
+        return f"{x / 1e6:.2f} MB{star}" if x < 1e8 else f"{x / 1e6:.0f} MB{star}"
     for r in mem:
         star = "*" if r["dense scaled"] else ""
         print(f"| {r['steps']} | {mb(r['quflow']['saved'])} | {mb(r['quflow']['rss'])} | "
