@@ -478,7 +478,7 @@ void cn_jvp(const System<T>& sys, const Tangents<T>& tan, const std::complex<T>*
   QUFLOW_CHECK(!trajectory || (sys.steps < std::numeric_limits<Index>::max() &&
                                size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*out))),
                "the trajectory's size overflows");
-  with_lanes<T>(sys.batch, false, [&](auto w) {
+  with_lanes<T>(sys.batch, true, [&](auto w) {
     jvp_w<T, decltype(w)::value>(sys, tan, psi0, out, tout, trajectory, threads, poll, bounds);
   });
 }
