@@ -21,6 +21,8 @@
 // M_σ is complex symmetric with Hermitian part I, hence the stability of the pivots.
 #include "cn_kernels.hpp"
 
+#include <type_traits>
+
 #ifndef QUFLOW_ISA_NS
 #error "compile cn_kernels.cpp with -DQUFLOW_ISA_NS=<namespace>"
 #endif
@@ -125,7 +127,7 @@ class Block {
       : sh_(sh), sys_(*sh.sys), n_(sys_.n), b0_(b0), lanes_(lanes),
         pr_(as_v(wk.pr)), pi_(as_v(wk.pi)), qr_(as_v(wk.qr)), qi_(as_v(wk.qi)),
         gr_(as_v(wk.gr)), gi_(as_v(wk.gi)), fr_(as_v(wk.fr)), fi_(as_v(wk.fi)),
-        base_(as_v(wk.base)) {
+        base_(as_v(wk.base)), hbase_(as_v(wk.hbase)) {
     const V zero = {};
     for (V* plane : {pr_, pi_, qr_, qi_, gr_, gi_})
       for (Index j = 0; j < n_ + 2; ++j) plane[j] = zero;
@@ -135,6 +137,7 @@ class Block {
       const T* v = sys_.potential + (sys_.potential_rows == 1 ? 0 : (b0_ + l) * n_);
       for (Index j = 0; j < n_; ++j) set_lane(base_[j], l, base_[j][l] + v[j]);
     }
+    for (Index j = 0; j < n_; ++j) hbase_[j] = sh_.h * base_[j];
     u_ = zero;
     if (sh_.constant) {  // the pivots of M_{+1}, once for every step of this block
       for (Index j = 0; j < n_; ++j) {
@@ -145,6 +148,13 @@ class Block {
   }
 
   static V* as_v(T* p) { return reinterpret_cast<V*>(p); }
+
+  /// x in every lane (a broadcast; V{} + x would be an addition, kept for −0).
+  static V splat(T x) {
+    V r;
+    for (int l = 0; l < W; ++l) set_lane(r, l, x);
+    return r;
+  }
 
   /// u[l] = control value of step k in each lane.
   void set_control(Index k) {
@@ -259,6 +269,25 @@ class Block {
     }
   }
 
+  /// h·d_j of H_k in every lane (a variable H): h·base_j + u_k·(h·W_j).
+  V hdiag(Index j) const { return hbase_[j] + u_ * sh_.hshape[j]; }
+
+  /// pivot() from hd = h·d_j: the same 1/w_j (bitwise: c·(h·d) = (c·h)·d, c a power of two).
+  template <int kSigma, bool kScaled>
+  static void pivot_hd(const Scaled& k, const V& hd, V& iw_r, V& iw_i) {
+    const V wr = (kScaled ? k.c : T(1)) + k.ch2e2 * iw_r;
+    const V wi = T(kSigma) * (kScaled ? k.c * hd : hd) + k.ch2e2 * iw_i;
+    const V inv_den = T(1) / (wr * wr + wi * wi);
+    if constexpr (kScaled) {
+      const V wr_c = wr * k.c, wi_c = wi * k.c;
+      iw_r = wr_c * inv_den;
+      iw_i = -wi_c * inv_den;
+    } else {
+      iw_r = wr * inv_den;
+      iw_i = -wi * inv_den;
+    }
+  }
+
   /// One forward-elimination step v ← r/w + m·v (complex, every lane), 1/w = iw.
   static void eliminate(const V& iw_r, const V& iw_i, const V& mr, const V& mi, const V& rr,
                         const V& ri, V& v_r, V& v_i) {
@@ -269,51 +298,76 @@ class Block {
     v_i = vi;
   }
 
-  /// P ← M_{+1}⁻¹ M_{−1} P: one forward step, in place.
-  /// With m_j = i·he/w_j the sweeps are v_j = r_j/w_j + m_j v_{j−1} and
-  /// x_j = v_j + m_j x_{j+1}: one complex multiply-add on the dependency chain.
+  /// P ← M_{+1}⁻¹ M_{−1} P: one forward step, in place, by the restructured sweeps
+///   v_j = α_j ψ_j + m_j (ψ_{j−1} + ψ_{j+1} + v_{j−1}),  α_j = (1 − i·h·d_j)/w_j,
+///   m_j = i·he/w_j          (= r_j/w_j + m_j v_{j−1} with r = M_{−1} ψ, j = 0 … n−1)
+///   x_j = v_j + m_j x_{j+1}                                          (j = n−2 … 0)
+/// Flops per point and lane: constant H 18 + 8 = 26 (α, m precomputed, see KernelShared);
+/// variable H 2 (h·d) + 10 (pivot; 14 scaled) + 6 (α, m) + 18 + 8 = 44 (48).
   template <bool kConst, bool kScaled>
   void forward_step() {
-    const T h = sh_.h, he = sh_.he;
+    const T he = sh_.he;
     const Scaled k = scaled();
     V* p_r = pr_ + 1;
     V* p_i = pi_ + 1;
-    V op_r = {}, op_i = {};  // ψ_{j−1} before it was overwritten
-    V vp_r = {}, vp_i = {};  // v_{j−1}
-    V iw_r = {}, iw_i = {};  // 1/w_j
+    // ψ_j, ψ_{j+1} are read from P (not yet overwritten), only ψ_{j−1} and v_{j−1} are
+    // carried: fewer live registers (no spills with two registers per lane vector)
+    V op_r = {}, op_i = {};          // ψ_{j−1} before it was overwritten
+    V vp_r = {}, vp_i = {};          // v_{j−1}
+    V iw_r = {}, iw_i = {};          // 1/w_j (variable H)
     for (Index j = 0; j < n_; ++j) {
-      const V d = diag<kConst>(j);
-      const V xr = p_r[j], xi = p_i[j];
-      const V sr = op_r + p_r[j + 1], si = op_i + p_i[j + 1];
-      const V rr = xr + h * d * xi - he * si;  // r = M_{−1} ψ
-      const V ri = xi - h * d * xr + he * sr;
+      const V x_r = p_r[j], x_i = p_i[j];
+      const V sr = op_r + p_r[j + 1], si = op_i + p_i[j + 1];  // zero padding at j = n−1
+      const V tr = sr + vp_r, ti = si + vp_i;
       if constexpr (kConst) {
-        iw_r = fr_[j];
-        iw_i = fi_[j];
+        const T ar = sh_.alpha_r[j], ai = sh_.alpha_i[j], mr = sh_.m_r[j], mi = sh_.m_i[j];
+        vp_r = (ar * x_r - ai * x_i) + mr * tr - mi * ti;  // v_{j−1} last on the chain
+        vp_i = (ar * x_i + ai * x_r) + mr * ti + mi * tr;
       } else {
-        pivot<+1, kScaled>(k, d, iw_r, iw_i);
-        fr_[j] = iw_r;
-        fi_[j] = iw_i;
+        const V hd = hdiag(j);
+        pivot_hd<+1, kScaled>(k, hd, iw_r, iw_i);
+        const V mr = -he * iw_i, mi = he * iw_r;
+        const V ar = iw_r + hd * iw_i, ai = iw_i - hd * iw_r;  // (1 − i·hd)/w
+        fr_[j] = mr;  // m_j for the back substitution
+        fi_[j] = mi;
+        vp_r = (ar * x_r - ai * x_i) + mr * tr - mi * ti;  // v_{j−1} last on the chain
+        vp_i = (ar * x_i + ai * x_r) + mr * ti + mi * tr;
       }
-      eliminate(iw_r, iw_i, -he * iw_i, he * iw_r, rr, ri, vp_r, vp_i);
-      op_r = xr;
-      op_i = xi;
+      op_r = x_r;
+      op_i = x_i;
       p_r[j] = vp_r;
       p_i[j] = vp_i;
     }
+    V xr = p_r[n_ - 1], xi = p_i[n_ - 1];  // x_{j+1}
     for (Index j = n_ - 2; j >= 0; --j) {
-      const V mr = -he * fi_[j], mi = he * fr_[j];
-      const V xr = p_r[j + 1], xi = p_i[j + 1];
-      p_r[j] += mr * xr - mi * xi;
-      p_i[j] += mr * xi + mi * xr;
+      V mr, mi;
+      if constexpr (kConst) {
+        mr = splat(sh_.m_r[j]);
+        mi = splat(sh_.m_i[j]);
+      } else {
+        mr = fr_[j];
+        mi = fi_[j];
+      }
+      const V yr = p_r[j] + mr * xr - mi * xi;
+      const V yi = p_i[j] + mr * xi + mi * xr;
+      p_r[j] = yr;
+      p_i[j] = yi;
+      xr = yr;
+      xi = yi;
     }
   }
 
+  /// Which parts of ∂L/∂d an adjoint step accumulates (bits): gv, gw, du (see adjoint_step).
+  enum Acc : int { kAccV = 1, kAccW = 2, kAccU = 4 };
+
   /// One adjoint step k. On entry P = ψ_{k+1}, G = g_{k+1}, and Q = ψ_k when !kRebuild.
   /// On exit Q = ψ_k, G = g_k, and this step's ∂L/∂d has been added to the accumulators
-  /// gv[j] += ∂L/∂d_j,  gw[j] += ∂L/∂d_j · u_k,  du += Σ_j ∂L/∂d_j · W_j.
-  /// Pivots w̃_j of M_{−1} are the conjugates of M_{+1}'s; m̃_j = −i·he/w̃_j.
-  template <bool kConst, bool kRebuild, bool kScaled>
+  /// kAcc asks for: gv[j] += ∂L/∂d_j,  gw[j] += ∂L/∂d_j · u_k,  du += Σ_j ∂L/∂d_j · W_j.
+  /// Pivots w̃_j of M_{−1} are the conjugates of M_{+1}'s; m̃_j = −i·he/w̃_j = conj(m_j).
+  /// Flops per point and lane, constant H: 14 (eliminate g) + 8 (λ) + 10 (g_k) = 32,
+  /// + 26 to rebuild ψ_k, + 7 for ∂L/∂d (+1 per accumulator); variable H adds 2·2 (h·d),
+  /// 10 (pivot; 14 scaled) and 6 (α̃, m̃) and 2 per extra accumulator.
+  template <bool kConst, bool kRebuild, bool kScaled, int kAcc>
   void adjoint_step(V* gv, V* gw, V& du) {
     const T h = sh_.h, he = sh_.he;
     const Scaled k = scaled();
@@ -324,29 +378,45 @@ class Block {
     V* g_r = gr_ + 1;
     V* g_i = gi_ + 1;
 
-    // pass 1, j = 0 … n−1: eliminate g_{k+1} and, when rebuilding, M_{+1} ψ_{k+1}
+    // pass 1, j = 0 … n−1: eliminate g_{k+1} and, when rebuilding, M_{+1} ψ_{k+1}:
+    // v_j = g_j/w̃_j + m̃_j v_{j−1},  v'_j = conj(α_j) ψ_j + m̃_j (ψ_{j−1} + ψ_{j+1} + v'_{j−1})
     {
       V iw_r = {}, iw_i = {}, vg_r = {}, vg_i = {}, vq_r = {}, vq_i = {};
       for (Index j = 0; j < n_; ++j) {
-        const V d = diag<kConst>(j);
+        V mr, mi, ar, ai;  // m̃_j; conj(α_j) = (1 + i·h·d_j)/w̃_j (rebuild only)
         if constexpr (kConst) {
-          iw_r = fr_[j];
-          iw_i = -fi_[j];
+          iw_r = splat(sh_.cinv_r[j]);
+          iw_i = splat(-sh_.cinv_i[j]);
+          mr = splat(sh_.m_r[j]);
+          mi = splat(-sh_.m_i[j]);
+          if constexpr (kRebuild) {
+            ar = splat(sh_.alpha_r[j]);
+            ai = splat(-sh_.alpha_i[j]);
+          }
         } else {
-          pivot<-1, kScaled>(k, d, iw_r, iw_i);
-          fr_[j] = iw_r;
-          fi_[j] = iw_i;
+          const V hd = hdiag(j);
+          pivot_hd<-1, kScaled>(k, hd, iw_r, iw_i);
+          mr = he * iw_i;
+          mi = -he * iw_r;
+          fr_[j] = mr;  // m̃_j for pass 2
+          fi_[j] = mi;
+          if constexpr (kRebuild) {
+            ar = iw_r - hd * iw_i;
+            ai = iw_i + hd * iw_r;
+          }
         }
-        const V mr = he * iw_i, mi = -he * iw_r;
-        eliminate(iw_r, iw_i, mr, mi, g_r[j], g_i[j], vg_r, vg_i);
+        const V gr = g_r[j], gi = g_i[j];
+        const V nr = (iw_r * gr - iw_i * gi) + mr * vg_r - mi * vg_i;
+        const V ni = (iw_r * gi + iw_i * gr) + mr * vg_i + mi * vg_r;
+        vg_r = nr;
+        vg_i = ni;
         g_r[j] = vg_r;
         g_i[j] = vg_i;
-        if constexpr (kRebuild) {  // r = M_{+1} ψ_{k+1}
+        if constexpr (kRebuild) {
           const V xr = p_r[j], xi = p_i[j];
-          const V sr = p_r[j - 1] + p_r[j + 1], si = p_i[j - 1] + p_i[j + 1];
-          const V rr = xr - h * d * xi + he * si;
-          const V ri = xi + h * d * xr - he * sr;
-          eliminate(iw_r, iw_i, mr, mi, rr, ri, vq_r, vq_i);
+          const V tr = p_r[j - 1] + p_r[j + 1] + vq_r, ti = p_i[j - 1] + p_i[j + 1] + vq_i;
+          vq_r = (ar * xr - ai * xi) + mr * tr - mi * ti;
+          vq_i = (ar * xi + ai * xr) + mr * ti + mi * tr;
           q_r[j] = vq_r;
           q_i[j] = vq_i;
         }
@@ -359,21 +429,30 @@ class Block {
     V l2_r = {}, l2_i = {};  // λ_{j+2}
     V hd1 = {};              // h·d_{j+1}
     for (Index j = n_ - 1; j >= 0; --j) {
-      const V d = diag<kConst>(j);
-      const V iw_i = kConst ? -fi_[j] : fi_[j];
-      const V mr = he * iw_i, mi = -he * fr_[j];
+      V mr, mi, hd;
+      if constexpr (kConst) {
+        mr = splat(sh_.m_r[j]);
+        mi = splat(-sh_.m_i[j]);
+        hd = splat(sh_.hd[j]);
+      } else {
+        mr = fr_[j];
+        mi = fi_[j];
+        hd = hdiag(j);
+      }
       const V lr = g_r[j] + mr * l1_r - mi * l1_i;
       const V li = g_i[j] + mr * l1_i + mi * l1_r;
       if constexpr (kRebuild) {
-        const V xr = q_r[j + 1], xi = q_i[j + 1];
+        const V xr = q_r[j + 1], xi = q_i[j + 1];  // zero padding at j = n−1
         q_r[j] += mr * xr - mi * xi;
         q_i[j] += mr * xi + mi * xr;
       }
-      // ∂L/∂d_j = h·Im(conj(λ_j)·(ψ_k + ψ_{k+1})_j)
-      const V gd = h * (lr * (q_i[j] + p_i[j]) - li * (q_r[j] + p_r[j]));
-      gv[j] += gd;
-      gw[j] += gd * u_;
-      du += gd * sh_.shape[j];
+      if constexpr (kAcc != 0) {
+        // ∂L/∂d_j = h·Im(conj(λ_j)·(ψ_k + ψ_{k+1})_j)
+        const V gd = h * (lr * (q_i[j] + p_i[j]) - li * (q_r[j] + p_r[j]));
+        if constexpr ((kAcc & kAccV) != 0) gv[j] += gd;
+        if constexpr ((kAcc & kAccW) != 0) gw[j] += gd * u_;
+        if constexpr ((kAcc & kAccU) != 0) du += gd * sh_.shape[j];
+      }
       // g_k[j+1] = λ_{j+1} + i·(h·d_{j+1} λ_{j+1} − he (λ_j + λ_{j+2})); at j = n−1 this
       // writes G's padding row, which nothing reads
       g_r[j + 1] = l1_r - hd1 * l1_i + he * (li + l2_i);
@@ -382,7 +461,7 @@ class Block {
       l2_i = l1_i;
       l1_r = lr;
       l1_i = li;
-      hd1 = h * d;
+      hd1 = hd;
     }
     g_r[0] = l1_r - hd1 * l1_i + he * l2_i;  // g_k[0] from λ_0, λ_1 (λ_{−1} = 0)
     g_i[0] = l1_i + hd1 * l1_r - he * l2_r;
@@ -399,6 +478,7 @@ class Block {
   V *fr_, *fi_;                          // n per-lane pivots 1/w_j (of M_{+1} if constant)
   V* base_;                              // n: 2e + V_j per lane
   V u_;                                  // control values of the current step
+  V* hbase_;                             // n: h·(2e + V_j) per lane
   static constexpr std::complex<T> zeros_[1] = {};
 };
 
@@ -452,19 +532,37 @@ void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
   for (Index j = 0; j < n; ++j) gv[j] = gw[j] = V{};
   blk.load(B::Buf::P, states, sstride, states_full ? steps * n : 0);
   blk.load(B::Buf::G, grad_out, gstride, grad_full ? steps * n : 0);
+  // the accumulators this call needs: none, gv (potential) or, with a control or shape
+  // gradient, all three; a constant H has no control and needs at most gv
+  const bool want_v = grads.potential != nullptr;
+  const bool want_uw = grads.control != nullptr || grads.control_shape != nullptr;
+  auto step = [&](auto rebuild, V& du) {
+    constexpr bool kR = decltype(rebuild)::value;
+    if (sh.constant) {
+      if (want_v) blk.template adjoint_step<true, kR, false, B::kAccV>(gv, gw, du);
+      else blk.template adjoint_step<true, kR, false, 0>(gv, gw, du);
+      return;
+    }
+    constexpr int kAll = B::kAccV | B::kAccW | B::kAccU;
+    const int acc = want_uw ? kAll : want_v ? int(B::kAccV) : 0;
+    auto go = [&](auto sc) {
+      constexpr bool kS = decltype(sc)::value;
+      if (acc == kAll) blk.template adjoint_step<false, kR, kS, kAll>(gv, gw, du);
+      else if (acc == B::kAccV) blk.template adjoint_step<false, kR, kS, B::kAccV>(gv, gw, du);
+      else blk.template adjoint_step<false, kR, kS, 0>(gv, gw, du);
+    };
+    if (scaled) go(std::true_type{});
+    else go(std::false_type{});
+  };
   for (Index k = steps - 1; k >= 0; --k) {  // adjoint sweep k = T−1 … 0
     if (stopped(sh)) return;
     V du = {};
     blk.set_control(k);
     if (states_full) {
       blk.load(B::Buf::Q, states, sstride, k * n);
-      if (sh.constant) blk.template adjoint_step<true, false, false>(gv, gw, du);
-      else if (scaled) blk.template adjoint_step<false, false, true>(gv, gw, du);
-      else blk.template adjoint_step<false, false, false>(gv, gw, du);
+      step(std::false_type{}, du);
     } else {
-      if (sh.constant) blk.template adjoint_step<true, true, false>(gv, gw, du);
-      else if (scaled) blk.template adjoint_step<false, true, true>(gv, gw, du);
-      else blk.template adjoint_step<false, true, false>(gv, gw, du);
+      step(std::true_type{}, du);
     }
     if (grads.control) {
       for (Index l = 0; l < lanes; ++l) {

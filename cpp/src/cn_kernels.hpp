@@ -25,15 +25,23 @@ struct KernelShared {
   const T* shape = nullptr;   // (n) control shape, zeros without control
   const T* cinv_r = nullptr;  // (n) pivots 1/w_j of I + i·h·H for a constant H
   const T* cinv_i = nullptr;
+  // Constant H only, per point j (scalars, broadcast over the lanes): the restructured
+  // elimination v_j = α_j ψ_j + m_j (ψ_{j−1} + ψ_{j+1} + v_{j−1}) of M_{+1}, with
+  // α_j = (1 − i·h·d_j)/w_j, m_j = i·he/w_j, and hd_j = h·d_j
+  const T *alpha_r = nullptr, *alpha_i = nullptr, *m_r = nullptr, *m_i = nullptr;
+  const T* hd = nullptr;
+  const T* hshape = nullptr;  // (n) h · control shape, zeros without control
   const int* stop = nullptr;  // non-zero: abandon the call (read between steps, atomically)
 };
 
 /// One thread's workspace for blocks of W lanes (plain view).
 ///   pr, pi, qr, qi, gr, gi: (n+2)·W zero-padded state planes
 ///   fr, fi, base, gv, gw:   n·W
+///   hbase:                  n·W, h·base
 template <class T>
 struct KernelWork {
   T *pr, *pi, *qr, *qi, *gr, *gi, *fr, *fi, *base, *gv, *gw;
+  T* hbase;
 };
 
 #define QUFLOW_DECLARE_KERNELS(ns)                                                           \

@@ -47,7 +47,7 @@ bool use_avx2() {
 /// Owns the arrays behind KernelShared.
 template <class T>
 struct SharedData {
-  Vec<T> shape, cinv_r, cinv_i;
+  Vec<T> shape, hshape, cinv_r, cinv_i, alpha_r, alpha_i, m_r, m_i, hd;
   int stop = 0;  // set (atomically) to abandon every block
   KernelShared<T> view;
 
@@ -66,6 +66,8 @@ struct SharedData {
     shape = Vec<T>::Zero(n);
     if (s.control_rows > 0) shape = Eigen::Map<const Vec<T>>(s.control_shape, n);
     v.shape = shape.data();
+    hshape = v.h * shape;
+    v.hshape = hshape.data();
     if (v.constant) {
       // Thomas pivots of I + i·h·H, once for all states and steps:
       // w_0 = a_0, w_j = a_j + he²/w_{j−1}, a_j = 1 + i·h·d_j
@@ -84,6 +86,32 @@ struct SharedData {
       }
       v.cinv_r = cinv_r.data();
       v.cinv_i = cinv_i.data();
+      // The restructured sweep's constants (see forward_step) α_j = (1 − i·h·d_j)/w_j,
+      // m_j = i·he/w_j, formed in long double from h, he and d_j (not from the rounded
+      // pivots above) and rounded once: their rounding is the same in every step, so it
+      // must be as small as it can be (a constant error in a step drifts the norm linearly)
+      for (Vec<T>* a : {&alpha_r, &alpha_i, &m_r, &m_i, &hd}) a->resize(n);
+      using L = long double;
+      // (scaled by c as the pivots above, for a long double that is only a double)
+      const L h = L(v.h), he = L(v.he), c = L(v.c), ch2e2 = (c * he) * he;
+      L iwr = 0, iwi = 0;  // 1/w_{j−1}
+      for (Index j = 0; j < n; ++j) {
+        const L hdj = h * L(diag[j]);
+        const L wr = c + ch2e2 * iwr, wi = c * hdj + ch2e2 * iwi;  // c·w_j
+        const L den = wr * wr + wi * wi;
+        iwr = wr * c / den;
+        iwi = -wi * c / den;
+        hd[j] = T(hdj);
+        alpha_r[j] = T(iwr + hdj * iwi);
+        alpha_i[j] = T(iwi - hdj * iwr);
+        m_r[j] = T(-he * iwi);
+        m_i[j] = T(he * iwr);
+      }
+      v.alpha_r = alpha_r.data();
+      v.alpha_i = alpha_i.data();
+      v.m_r = m_r.data();
+      v.m_i = m_i.data();
+      v.hd = hd.data();
     }
   }
 };
@@ -96,7 +124,7 @@ struct WorkData {
   Vec<T> planes;
   KernelWork<T> view;
 
-  WorkData(Index n, int w) : planes(Vec<T>::Zero(6 * (n + 2) * w + 5 * n * w + kAlign)) {
+  WorkData(Index n, int w) : planes(Vec<T>::Zero(6 * (n + 2) * w + 6 * n * w + kAlign)) {
     const auto addr = reinterpret_cast<std::uintptr_t>(planes.data());
     T* p = planes.data() + ((64 - addr % 64) % 64) / sizeof(T);
     const Index big = (n + 2) * w, small = n * w;
@@ -104,7 +132,7 @@ struct WorkData {
       *slot = p;
       p += big;
     }
-    for (T** slot : {&view.fr, &view.fi, &view.base, &view.gv, &view.gw}) {
+    for (T** slot : {&view.fr, &view.fi, &view.base, &view.gv, &view.gw, &view.hbase}) {
       *slot = p;
       p += small;
     }
