@@ -306,23 +306,30 @@ class Block {
 /// variable H 2 (h·d) + 10 (pivot; 14 scaled) + 6 (α, m) + 18 + 8 = 44 (48).
   template <bool kConst, bool kScaled>
   void forward_step() {
+    if constexpr (kConst) {
+      forward_step_const();
+      return;
+    }
     const T he = sh_.he;
     const Scaled k = scaled();
     V* p_r = pr_ + 1;
     V* p_i = pi_ + 1;
-    // ψ_j, ψ_{j+1} are read from P (not yet overwritten), only ψ_{j−1} and v_{j−1} are
-    // carried: fewer live registers (no spills with two registers per lane vector)
-    V op_r = {}, op_i = {};          // ψ_{j−1} before it was overwritten
-    V vp_r = {}, vp_i = {};          // v_{j−1}
-    V iw_r = {}, iw_i = {};          // 1/w_j (variable H)
+    // ψ_{j−1}, ψ_j, ψ_{j+1} are read from P and v_{j−1} is stored over ψ_{j−1} one point
+    // late (at j = 0 the zero v_{−1} over the zero padding), so only v_{j−1} is carried:
+    // few live registers, which lets a lane vector span up to four registers
+    V vp_r = {}, vp_i = {};  // v_{j−1}
+    V iw_r = {}, iw_i = {};  // 1/w_j (variable H)
     for (Index j = 0; j < n_; ++j) {
       const V x_r = p_r[j], x_i = p_i[j];
-      const V sr = op_r + p_r[j + 1], si = op_i + p_i[j + 1];  // zero padding at j = n−1
-      const V tr = sr + vp_r, ti = si + vp_i;
+      // s = ψ_{j−1} + ψ_{j+1} (zero padding at j = n−1), t = s + v_{j−1}
+      const V tr = (p_r[j - 1] + p_r[j + 1]) + vp_r, ti = (p_i[j - 1] + p_i[j + 1]) + vp_i;
+      p_r[j - 1] = vp_r;  // ψ_{j−1} is read: v_{j−1} goes over it, and stops being live
+      p_i[j - 1] = vp_i;
+      V vr, vi;
       if constexpr (kConst) {
         const T ar = sh_.alpha_r[j], ai = sh_.alpha_i[j], mr = sh_.m_r[j], mi = sh_.m_i[j];
-        vp_r = (ar * x_r - ai * x_i) + mr * tr - mi * ti;  // v_{j−1} last on the chain
-        vp_i = (ar * x_i + ai * x_r) + mr * ti + mi * tr;
+        vr = (ar * x_r - ai * x_i) + mr * tr - mi * ti;  // t last on the chain
+        vi = (ar * x_i + ai * x_r) + mr * ti + mi * tr;
       } else {
         const V hd = hdiag(j);
         pivot_hd<+1, kScaled>(k, hd, iw_r, iw_i);
@@ -330,30 +337,78 @@ class Block {
         const V ar = iw_r + hd * iw_i, ai = iw_i - hd * iw_r;  // (1 − i·hd)/w
         fr_[j] = mr;  // m_j for the back substitution
         fi_[j] = mi;
-        vp_r = (ar * x_r - ai * x_i) + mr * tr - mi * ti;  // v_{j−1} last on the chain
-        vp_i = (ar * x_i + ai * x_r) + mr * ti + mi * tr;
+        vr = (ar * x_r - ai * x_i) + mr * tr - mi * ti;
+        vi = (ar * x_i + ai * x_r) + mr * ti + mi * tr;
       }
-      op_r = x_r;
-      op_i = x_i;
-      p_r[j] = vp_r;
-      p_i[j] = vp_i;
+      vp_r = vr;
+      vp_i = vi;
     }
-    V xr = p_r[n_ - 1], xi = p_i[n_ - 1];  // x_{j+1}
+    p_r[n_ - 1] = vp_r;
+    p_i[n_ - 1] = vp_i;
+    V xr = vp_r, xi = vp_i;  // x_{j+1}
     for (Index j = n_ - 2; j >= 0; --j) {
-      V mr, mi;
+      V yr, yi;
       if constexpr (kConst) {
-        mr = splat(sh_.m_r[j]);
-        mi = splat(sh_.m_i[j]);
+        const T mr = sh_.m_r[j], mi = sh_.m_i[j];
+        yr = p_r[j] + mr * xr - mi * xi;
+        yi = p_i[j] + mr * xi + mi * xr;
       } else {
-        mr = fr_[j];
-        mi = fi_[j];
+        const V mr = fr_[j], mi = fi_[j];
+        yr = p_r[j] + mr * xr - mi * xi;
+        yi = p_i[j] + mr * xi + mi * xr;
       }
-      const V yr = p_r[j] + mr * xr - mi * xi;
-      const V yi = p_i[j] + mr * xi + mi * xr;
       p_r[j] = yr;
       p_i[j] = yi;
       xr = yr;
       xi = yi;
+    }
+  }
+
+  /// forward_step() of a constant H, written per register: a lane vector of W lanes is K
+  /// native registers (columns) and the sweeps below run K independent recurrences side
+  /// by side, each column's arithmetic written out in turn, so that its temporaries are
+  /// reused and only v_{j−1} (x_{j+1}) of each column stays live: no spills at K = 4.
+  void forward_step_const() {
+    constexpr int kN = W * int(sizeof(T)) <= kRegisterBytes ? W : kRegisterBytes / int(sizeof(T));
+    using R = typename LaneVector<T, kN>::type;
+    constexpr int K = W / kN;
+    static_assert(sizeof(R) * K == sizeof(V), "columns");
+    R* p_r = reinterpret_cast<R*>(pr_ + 1);  // point j, column c: p_r[j·K + c]
+    R* p_i = reinterpret_cast<R*>(pi_ + 1);
+    R vp_r[K], vp_i[K];  // v_{j−1}
+    for (int c = 0; c < K; ++c) vp_r[c] = vp_i[c] = R{};
+    for (Index j = 0; j < n_; ++j) {
+      const T ar = sh_.alpha_r[j], ai = sh_.alpha_i[j], mr = sh_.m_r[j], mi = sh_.m_i[j];
+      R* q_r = p_r + j * K;
+      R* q_i = p_i + j * K;
+      for (int c = 0; c < K; ++c) {
+        const R x_r = q_r[c], x_i = q_i[c];
+        // s = ψ_{j−1} + ψ_{j+1} (zero padding at both ends), t = s + v_{j−1}
+        const R tr = (q_r[c - K] + q_r[c + K]) + vp_r[c];
+        const R ti = (q_i[c - K] + q_i[c + K]) + vp_i[c];
+        q_r[c - K] = vp_r[c];  // v_{j−1} over ψ_{j−1}, once read
+        q_i[c - K] = vp_i[c];
+        vp_r[c] = (ar * x_r - ai * x_i) + mr * tr - mi * ti;  // t last on the chain
+        vp_i[c] = (ar * x_i + ai * x_r) + mr * ti + mi * tr;
+      }
+    }
+    R* last_r = p_r + (n_ - 1) * K;
+    R* last_i = p_i + (n_ - 1) * K;
+    for (int c = 0; c < K; ++c) {
+      last_r[c] = vp_r[c];
+      last_i[c] = vp_i[c];
+    }
+    // x_j = v_j + m_j x_{j+1}, j = n−2 … 0; vp holds x_{j+1}
+    for (Index j = n_ - 2; j >= 0; --j) {
+      const T mr = sh_.m_r[j], mi = sh_.m_i[j];
+      R* q_r = p_r + j * K;
+      R* q_i = p_i + j * K;
+      for (int c = 0; c < K; ++c) {
+        const R yr = q_r[c] + mr * vp_r[c] - mi * vp_i[c];
+        const R yi = q_i[c] + mr * vp_i[c] + mi * vp_r[c];
+        q_r[c] = vp_r[c] = yr;
+        q_i[c] = vp_i[c] = yi;
+      }
     }
   }
 
@@ -592,6 +647,12 @@ void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
                                      Index, const std::complex<T>*, bool,                       \
                                      const std::complex<T>*, bool, const Gradients<T>&, T*, T*, \
                                      T*);
+#define QUFLOW_INSTANTIATE_FORWARD(T, W)                                                      \
+  template void forward_block<T, W>(const KernelShared<T>&, const KernelWork<T>&, Index, Index, \
+                                    const std::complex<T>*, std::complex<T>*, bool);
+QUFLOW_INSTANTIATE_FORWARD(float, kQuadLanes<float>)
+QUFLOW_INSTANTIATE_FORWARD(double, kQuadLanes<double>)
+#undef QUFLOW_INSTANTIATE_FORWARD
 QUFLOW_INSTANTIATE(float, 1)
 QUFLOW_INSTANTIATE(float, kNarrowLanes<float>)
 QUFLOW_INSTANTIATE(float, kWideLanes<float>)

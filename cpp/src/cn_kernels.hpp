@@ -72,5 +72,10 @@ template <class T>
 constexpr int kNarrowLanes = 4 * int(sizeof(double) / sizeof(T));
 template <class T>
 constexpr int kWideLanes = 2 * kNarrowLanes<T>;
+/// Four registers per point: the forward step of a constant H only (forward_block), whose
+/// sweeps carry just v_{j−1} / x_{j+1}; four chains bring it from the recurrences' latency
+/// to the FMA units' throughput.
+template <class T>
+constexpr int kQuadLanes = 4 * kNarrowLanes<T>;
 
 }  // namespace quflow

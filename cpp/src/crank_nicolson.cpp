@@ -363,6 +363,10 @@ void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<
   QUFLOW_CHECK(!trajectory || (sys.steps < std::numeric_limits<Index>::max() &&
                                size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*out))),
                "the trajectory's size overflows");
+  if (sys.constant_hamiltonian() && sys.batch >= kQuadLanes<T>) {
+    forward_w<T, kQuadLanes<T>>(sys, psi0, out, trajectory, threads, poll, bounds);
+    return;
+  }
   with_lanes<T>(sys.batch, true, [&](auto w) {
     forward_w<T, decltype(w)::value>(sys, psi0, out, trajectory, threads, poll, bounds);
   });
