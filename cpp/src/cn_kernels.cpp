@@ -303,7 +303,7 @@ class Block {
 ///   m_j = i·he/w_j          (= r_j/w_j + m_j v_{j−1} with r = M_{−1} ψ, j = 0 … n−1)
 ///   x_j = v_j + m_j x_{j+1}                                          (j = n−2 … 0)
 /// Flops per point and lane: constant H 18 + 8 = 26 (α, m precomputed, see KernelShared);
-/// variable H 2 (h·d) + 10 (pivot; 14 scaled) + 6 (α, m) + 18 + 8 = 44 (48).
+/// variable H 2 (h·d) + 10 (pivot; 13 scaled) + 6 (α, m) + 18 + 8 = 44 (47).
   template <bool kConst, bool kScaled>
   void forward_step() {
     if constexpr (kConst) {
@@ -420,8 +420,9 @@ class Block {
   /// kAcc asks for: gv[j] += ∂L/∂d_j,  gw[j] += ∂L/∂d_j · u_k,  du += Σ_j ∂L/∂d_j · W_j.
   /// Pivots w̃_j of M_{−1} are the conjugates of M_{+1}'s; m̃_j = −i·he/w̃_j = conj(m_j).
   /// Flops per point and lane, constant H: 14 (eliminate g) + 8 (λ) + 10 (g_k) = 32,
-  /// + 26 to rebuild ψ_k, + 7 for ∂L/∂d (+1 per accumulator); variable H adds 2·2 (h·d),
-  /// 10 (pivot; 14 scaled) and 6 (α̃, m̃) and 2 per extra accumulator.
+  /// + 26 to rebuild ψ_k, + 6 for ∂L/∂d and 1 (gv), 2 (gw), 2 (du) per accumulator;
+  /// variable H adds 2·2 (h·d), 10 (pivot; 13 scaled), 2 (m̃) and, rebuilding, 4 (α̃):
+  /// 58 / 65 (constant H, without / with ∂L/∂V), 89 (variable H, every accumulator).
   template <bool kConst, bool kRebuild, bool kScaled, int kAcc>
   void adjoint_step(V* gv, V* gw, V& du) {
     const T h = sh_.h, he = sh_.he;
