@@ -149,12 +149,8 @@ class Block {
 
   static V* as_v(T* p) { return reinterpret_cast<V*>(p); }
 
-  /// x in every lane (a broadcast; V{} + x would be an addition, kept for −0).
-  static V splat(T x) {
-    V r;
-    for (int l = 0; l < W; ++l) set_lane(r, l, x);
-    return r;
-  }
+  /// x in every lane: x − 0 = x exactly (−0 included), which compiles to one broadcast.
+  static V splat(T x) { return x - V{}; }
 
   /// u[l] = control value of step k in each lane.
   void set_control(Index k) {
