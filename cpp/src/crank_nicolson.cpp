@@ -149,8 +149,9 @@ constexpr double kPollWork = double(1 << 21);
 /// How often the calling thread asks the poll callback while workers run.
 constexpr auto kPollInterval = std::chrono::milliseconds(2);
 /// Work (point-steps) each thread of a call must get, else the call uses fewer threads:
-/// waking a pool worker and sharing the output's cache lines cost ~0.1 ms, about this
-/// much work at ~1 G point-steps/s (measured crossover: bench/bench_schrodinger.py).
+/// ~0.2 ms of kernel time at ~1 G point-steps/s, well above the cost of waking a sleeping
+/// pool worker (tens of µs). An estimate: the crossover has not been measured on a quiet
+/// machine yet.
 constexpr double kMinThreadWork = double(1 << 18);
 
 void rethrow_first(const std::vector<std::exception_ptr>& errors) {
