@@ -2,7 +2,7 @@
 # the dependencies) on a fresh machine.
 #   make reproduce   the main job: the paper's experiments in quick mode -> results/
 #   make test        the test suite
-#   make bench       Python side-by-side benchmarks (threads pinned to 1)
+#   make bench       Python side-by-side benchmarks (threads pinned to 1; one 1-vs-2-thread case)
 #   make bench-cpp   C++ microbenchmarks (needs Debian's libbenchmark-dev)
 #   make sanitize    the C++ op's tests against an ASan+UBSan build of the extension
 

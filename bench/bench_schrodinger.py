@@ -22,6 +22,13 @@ w (torch.autograd.grad(out, (ψ0[, u]), grad_outputs=w): the gradient of L = Re 
 so no loss computation is timed.
 Memory: bytes saved for backward (unique storages seen by saved_tensors_hooks), not counting
 the inputs ψ0 and u themselves.
+
+Threads (the one part that is not pinned to 1): quflow forward+backward at 1 and at 2
+threads (torch.set_num_threads, which quflow follows), in a training-loop shape: each
+iteration runs a torch op first (a 384×384 matmul, parallel in torch's OpenMP pool, whose
+workers are still spinning when quflow starts), then quflow's forward+backward; also with
+nothing between the calls. Reported: the median time of quflow's part of an iteration and
+the speed-up 1 thread / 2 threads, the two thread counts alternating in one run.
 """
 
 from __future__ import annotations
@@ -233,6 +240,49 @@ def memory_rows(n=20, batch=200):
     return rows
 
 
+def thread_rows(quick=False):
+    """quflow forward+backward at 1 vs 2 threads, with and without a torch op in between."""
+    cases = [("n=256, batch 2000, 20 steps, constant H", 256, 2000, 20, False),
+             ("n=256, batch 2000, 20 steps, per-sample control", 256, 2000, 20, True),
+             ("n=256, batch 200, 100 steps, constant H", 256, 200, 100, False)]
+    if quick:
+        cases = cases[:1]
+    a = torch.randn(384, 384, dtype=torch.float64)
+    rows = []
+    for label, n, batch, steps, control in cases:
+        grid = quflow.Grid(n, LENGTH)
+        psi0 = quflow.random_states(grid, batch, seed=0)
+        u = 0.5 * torch.randn(batch, steps, dtype=torch.float64,
+                              generator=torch.Generator().manual_seed(1)) if control else None
+        w = quflow.random_states(grid, batch, seed=2)
+
+        def step(between):
+            if between:
+                torch.mm(a, a)  # the training loop's own torch work, not timed
+            t0 = time.perf_counter()
+            p = psi0.clone().requires_grad_()
+            uu = None if u is None else u.clone().requires_grad_()
+            out = quflow_op(p, n, steps, control=uu)
+            torch.autograd.grad(out, [p] if uu is None else [p, uu], grad_outputs=w)
+            return time.perf_counter() - t0
+
+        for between in (True, False):
+            times = {1: [], 2: []}
+            for threads in (1, 2):  # warm-up (starts torch's and quflow's workers)
+                torch.set_num_threads(threads)
+                step(between)
+            for _ in range(5 if quick else 15):
+                for threads in (1, 2):
+                    torch.set_num_threads(threads)
+                    for _ in range(3):
+                        times[threads].append(step(between))
+            t1, t2 = statistics.median(times[1]), statistics.median(times[2])
+            rows.append(dict(case=label, between="matmul" if between else "nothing",
+                             t1_ms=t1 * 1e3, t2_ms=t2 * 1e3, speedup=t1 / t2))
+    torch.set_num_threads(1)
+    return rows
+
+
 def fmt_ms(x):
     return "—" if x is None else (f"{x:.3g}" if x < 100 else f"{x:.0f}")
 
@@ -277,9 +327,17 @@ def main():
     for m in mem:
         print(f"| {m['steps']} | {m['quflow reverse'] / 1e6:.2f} MB | {m['quflow store'] / 1e6:.2f} MB | "
               f"{m['(a) dense solve'] / 1e6:.0f} MB{m['(a) scaled']} |")
+    threads = thread_rows(args.quick)
+    print("\nThreads: quflow forward+backward inside a loop, 1 vs 2 threads (median of "
+          "quflow's part of an iteration):")
+    print("| case | between calls | 1 thread ms | 2 threads ms | speed-up |")
+    print("|---|---|---:|---:|---:|")
+    for t in threads:
+        print(f"| {t['case']} | {t['between']} | {fmt_ms(t['t1_ms'])} | {fmt_ms(t['t2_ms'])} | "
+              f"{t['speedup']:.2f}× |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(rows=rows, memory=mem), f, indent=1)
+            json.dump(dict(rows=rows, memory=mem, threads=threads), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ class Case:
 
 def sample_inputs(dtype=torch.complex128, n=20, steps=30, requires_grad=False, seed=0):
     """Shared and per-sample potential and control, at batch sizes that reach every block
-    width of the kernels (1 lane, one register, two registers, and partial blocks)."""
+    width of the kernels (1 lane, one, two and four registers, and partial blocks)."""
     gen = torch.Generator().manual_seed(seed)
     real = REAL[dtype]
     grid = quflow.Grid(n, 2.0)
@@ -97,6 +97,8 @@ def sample_inputs(dtype=torch.complex128, n=20, steps=30, requires_grad=False, s
         Case("peru-b1", states(1), r(1, n, scale=5), steps, r(1, steps, scale=3), r(n)),
         Case("const-b19", states(19), r(n, scale=5), steps),  # wide blocks + a partial one
         Case("peru-b19", states(19), r(19, n, scale=5), steps, r(19, steps, scale=3), x),
+        # the constant-H forward's four-register blocks (16 doubles, 32 floats) + a partial one
+        Case("const-b37", states(37), r(n, scale=5), steps),
     ]
     for c in cases:
         c.dx = grid.dx

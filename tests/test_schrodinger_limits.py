@@ -38,8 +38,9 @@ def test_worker_threads_that_cannot_start_raise_runtime_error():
         # room for a few thread stacks (8 MB each) beyond what is mapped now, not for 512
         vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize"))
         resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (64 << 20),) * 2)
-        for fn in (lambda: _core.forward_c128(psi, V, dt=0.1, dx=0.1, steps=50, threads=1000),
-                   lambda: _core.backward_c128(psi, psi, V, dt=0.1, dx=0.1, steps=50,
+        # 164M point-steps: enough work for 600 threads (the core gives each >= 2^18)
+        for fn in (lambda: _core.forward_c128(psi, V, dt=0.1, dx=0.1, steps=5000, threads=1000),
+                   lambda: _core.backward_c128(psi, psi, V, dt=0.1, dx=0.1, steps=5000,
                                                threads=1000)):
             try:
                 fn()

@@ -21,6 +21,8 @@
 // M_σ is complex symmetric with Hermitian part I, hence the stability of the pivots.
 #include "cn_kernels.hpp"
 
+#include <type_traits>
+
 #ifndef QUFLOW_ISA_NS
 #error "compile cn_kernels.cpp with -DQUFLOW_ISA_NS=<namespace>"
 #endif
@@ -125,9 +127,9 @@ class Block {
       : sh_(sh), sys_(*sh.sys), n_(sys_.n), b0_(b0), lanes_(lanes),
         pr_(as_v(wk.pr)), pi_(as_v(wk.pi)), qr_(as_v(wk.qr)), qi_(as_v(wk.qi)),
         gr_(as_v(wk.gr)), gi_(as_v(wk.gi)), fr_(as_v(wk.fr)), fi_(as_v(wk.fi)),
-        base_(as_v(wk.base)), sr_(as_v(wk.sr)), si_(as_v(wk.si)), rr_(as_v(wk.rr)),
-        ri_(as_v(wk.ri)), hr_(as_v(wk.hr)), hi_(as_v(wk.hi)), dbase_(as_v(wk.dbase)),
-        dd_(as_v(wk.dd)) {
+        base_(as_v(wk.base)), hbase_(as_v(wk.hbase)), sr_(as_v(wk.sr)), si_(as_v(wk.si)),
+        rr_(as_v(wk.rr)), ri_(as_v(wk.ri)), hr_(as_v(wk.hr)), hi_(as_v(wk.hi)),
+        dbase_(as_v(wk.dbase)), dd_(as_v(wk.dd)) {
     const V zero = {};
     for (V* plane : {pr_, pi_, qr_, qi_, gr_, gi_})
       for (Index j = 0; j < n_ + 2; ++j) plane[j] = zero;
@@ -150,6 +152,7 @@ class Block {
       const T* v = sys_.potential + (sys_.potential_rows == 1 ? 0 : (b0_ + l) * n_);
       for (Index j = 0; j < n_; ++j) set_lane(base_[j], l, base_[j][l] + v[j]);
     }
+    for (Index j = 0; j < n_; ++j) hbase_[j] = sh_.h * base_[j];
     u_ = zero;
     if (sh_.constant) {  // the pivots of M_{+1}, once for every step of this block
       for (Index j = 0; j < n_; ++j) {
@@ -160,6 +163,9 @@ class Block {
   }
 
   static V* as_v(T* p) { return reinterpret_cast<V*>(p); }
+
+  /// x in every lane: x − 0 = x exactly (−0 included), which compiles to one broadcast.
+  static V splat(T x) { return x - V{}; }
 
   /// u[l] = control value of step k in each lane.
   void set_control(Index k) {
@@ -287,6 +293,25 @@ class Block {
     }
   }
 
+  /// h·d_j of H_k in every lane (a variable H): h·base_j + u_k·(h·W_j).
+  V hdiag(Index j) const { return hbase_[j] + u_ * sh_.hshape[j]; }
+
+  /// pivot() from hd = h·d_j: the same 1/w_j (bitwise: c·(h·d) = (c·h)·d, c a power of two).
+  template <int kSigma, bool kScaled>
+  static void pivot_hd(const Scaled& k, const V& hd, V& iw_r, V& iw_i) {
+    const V wr = (kScaled ? k.c : T(1)) + k.ch2e2 * iw_r;
+    const V wi = T(kSigma) * (kScaled ? k.c * hd : hd) + k.ch2e2 * iw_i;
+    const V inv_den = T(1) / (wr * wr + wi * wi);
+    if constexpr (kScaled) {
+      const V wr_c = wr * k.c, wi_c = wi * k.c;
+      iw_r = wr_c * inv_den;
+      iw_i = -wi_c * inv_den;
+    } else {
+      iw_r = wr * inv_den;
+      iw_i = -wi * inv_den;
+    }
+  }
+
   /// One forward-elimination step v ← r/w + m·v (complex, every lane), 1/w = iw.
   static void eliminate(const V& iw_r, const V& iw_i, const V& mr, const V& mi, const V& rr,
                         const V& ri, V& v_r, V& v_i) {
@@ -297,51 +322,132 @@ class Block {
     v_i = vi;
   }
 
-  /// P ← M_{+1}⁻¹ M_{−1} P: one forward step, in place.
-  /// With m_j = i·he/w_j the sweeps are v_j = r_j/w_j + m_j v_{j−1} and
-  /// x_j = v_j + m_j x_{j+1}: one complex multiply-add on the dependency chain.
+  /// P ← M_{+1}⁻¹ M_{−1} P: one forward step, in place, by the restructured sweeps
+///   v_j = α_j ψ_j + m_j (ψ_{j−1} + ψ_{j+1} + v_{j−1}),  α_j = (1 − i·h·d_j)/w_j,
+///   m_j = i·he/w_j          (= r_j/w_j + m_j v_{j−1} with r = M_{−1} ψ, j = 0 … n−1)
+///   x_j = v_j + m_j x_{j+1}                                          (j = n−2 … 0)
+/// Flops per point and lane: constant H 18 + 8 = 26 (α, m precomputed, see KernelShared);
+/// variable H 2 (h·d) + 10 (pivot; 13 scaled) + 6 (α, m) + 18 + 8 = 44 (47).
   template <bool kConst, bool kScaled>
   void forward_step() {
-    const T h = sh_.h, he = sh_.he;
+    if constexpr (kConst) {
+      forward_step_const();
+      return;
+    }
+    const T he = sh_.he;
     const Scaled k = scaled();
     V* p_r = pr_ + 1;
     V* p_i = pi_ + 1;
-    V op_r = {}, op_i = {};  // ψ_{j−1} before it was overwritten
+    // ψ_{j−1}, ψ_j, ψ_{j+1} are read from P and v_{j−1} is stored over ψ_{j−1} one point
+    // late (at j = 0 the zero v_{−1} over the zero padding), so only v_{j−1} is carried:
+    // few live registers, which lets a lane vector span up to four registers
     V vp_r = {}, vp_i = {};  // v_{j−1}
-    V iw_r = {}, iw_i = {};  // 1/w_j
+    V iw_r = {}, iw_i = {};  // 1/w_j (variable H)
     for (Index j = 0; j < n_; ++j) {
-      const V d = diag<kConst>(j);
-      const V xr = p_r[j], xi = p_i[j];
-      const V sr = op_r + p_r[j + 1], si = op_i + p_i[j + 1];
-      const V rr = xr + h * d * xi - he * si;  // r = M_{−1} ψ
-      const V ri = xi - h * d * xr + he * sr;
+      const V x_r = p_r[j], x_i = p_i[j];
+      // s = ψ_{j−1} + ψ_{j+1} (zero padding at j = n−1), t = s + v_{j−1}
+      const V tr = (p_r[j - 1] + p_r[j + 1]) + vp_r, ti = (p_i[j - 1] + p_i[j + 1]) + vp_i;
+      p_r[j - 1] = vp_r;  // ψ_{j−1} is read: v_{j−1} goes over it, and stops being live
+      p_i[j - 1] = vp_i;
+      V vr, vi;
       if constexpr (kConst) {
-        iw_r = fr_[j];
-        iw_i = fi_[j];
+        const T ar = sh_.alpha_r[j], ai = sh_.alpha_i[j], mr = sh_.m_r[j], mi = sh_.m_i[j];
+        vr = (ar * x_r - ai * x_i) + mr * tr - mi * ti;  // t last on the chain
+        vi = (ar * x_i + ai * x_r) + mr * ti + mi * tr;
       } else {
-        pivot<+1, kScaled>(k, d, iw_r, iw_i);
-        fr_[j] = iw_r;
-        fi_[j] = iw_i;
+        const V hd = hdiag(j);
+        pivot_hd<+1, kScaled>(k, hd, iw_r, iw_i);
+        const V mr = -he * iw_i, mi = he * iw_r;
+        const V ar = iw_r + hd * iw_i, ai = iw_i - hd * iw_r;  // (1 − i·hd)/w
+        fr_[j] = mr;  // m_j for the back substitution
+        fi_[j] = mi;
+        vr = (ar * x_r - ai * x_i) + mr * tr - mi * ti;
+        vi = (ar * x_i + ai * x_r) + mr * ti + mi * tr;
       }
-      eliminate(iw_r, iw_i, -he * iw_i, he * iw_r, rr, ri, vp_r, vp_i);
-      op_r = xr;
-      op_i = xi;
-      p_r[j] = vp_r;
-      p_i[j] = vp_i;
+      vp_r = vr;
+      vp_i = vi;
     }
+    p_r[n_ - 1] = vp_r;
+    p_i[n_ - 1] = vp_i;
+    V xr = vp_r, xi = vp_i;  // x_{j+1}
     for (Index j = n_ - 2; j >= 0; --j) {
-      const V mr = -he * fi_[j], mi = he * fr_[j];
-      const V xr = p_r[j + 1], xi = p_i[j + 1];
-      p_r[j] += mr * xr - mi * xi;
-      p_i[j] += mr * xi + mi * xr;
+      V yr, yi;
+      if constexpr (kConst) {
+        const T mr = sh_.m_r[j], mi = sh_.m_i[j];
+        yr = p_r[j] + mr * xr - mi * xi;
+        yi = p_i[j] + mr * xi + mi * xr;
+      } else {
+        const V mr = fr_[j], mi = fi_[j];
+        yr = p_r[j] + mr * xr - mi * xi;
+        yi = p_i[j] + mr * xi + mi * xr;
+      }
+      p_r[j] = yr;
+      p_i[j] = yi;
+      xr = yr;
+      xi = yi;
     }
   }
 
+  /// forward_step() of a constant H, written per register: a lane vector of W lanes is K
+  /// native registers (columns) and the sweeps below run K independent recurrences side
+  /// by side, each column's arithmetic written out in turn, so that its temporaries are
+  /// reused and only v_{j−1} (x_{j+1}) of each column stays live: no spills at K = 4.
+  void forward_step_const() {
+    constexpr int kN = W * int(sizeof(T)) <= kRegisterBytes ? W : kRegisterBytes / int(sizeof(T));
+    using R = typename LaneVector<T, kN>::type;
+    constexpr int K = W / kN;
+    static_assert(sizeof(R) * K == sizeof(V), "columns");
+    R* p_r = reinterpret_cast<R*>(pr_ + 1);  // point j, column c: p_r[j·K + c]
+    R* p_i = reinterpret_cast<R*>(pi_ + 1);
+    R vp_r[K], vp_i[K];  // v_{j−1}
+    for (int c = 0; c < K; ++c) vp_r[c] = vp_i[c] = R{};
+    for (Index j = 0; j < n_; ++j) {
+      const T ar = sh_.alpha_r[j], ai = sh_.alpha_i[j], mr = sh_.m_r[j], mi = sh_.m_i[j];
+      R* q_r = p_r + j * K;
+      R* q_i = p_i + j * K;
+      for (int c = 0; c < K; ++c) {
+        const R x_r = q_r[c], x_i = q_i[c];
+        // s = ψ_{j−1} + ψ_{j+1} (zero padding at both ends), t = s + v_{j−1}
+        const R tr = (q_r[c - K] + q_r[c + K]) + vp_r[c];
+        const R ti = (q_i[c - K] + q_i[c + K]) + vp_i[c];
+        q_r[c - K] = vp_r[c];  // v_{j−1} over ψ_{j−1}, once read
+        q_i[c - K] = vp_i[c];
+        vp_r[c] = (ar * x_r - ai * x_i) + mr * tr - mi * ti;  // t last on the chain
+        vp_i[c] = (ar * x_i + ai * x_r) + mr * ti + mi * tr;
+      }
+    }
+    R* last_r = p_r + (n_ - 1) * K;
+    R* last_i = p_i + (n_ - 1) * K;
+    for (int c = 0; c < K; ++c) {
+      last_r[c] = vp_r[c];
+      last_i[c] = vp_i[c];
+    }
+    // x_j = v_j + m_j x_{j+1}, j = n−2 … 0; vp holds x_{j+1}
+    for (Index j = n_ - 2; j >= 0; --j) {
+      const T mr = sh_.m_r[j], mi = sh_.m_i[j];
+      R* q_r = p_r + j * K;
+      R* q_i = p_i + j * K;
+      for (int c = 0; c < K; ++c) {
+        const R yr = q_r[c] + mr * vp_r[c] - mi * vp_i[c];
+        const R yi = q_i[c] + mr * vp_i[c] + mi * vp_r[c];
+        q_r[c] = vp_r[c] = yr;
+        q_i[c] = vp_i[c] = yi;
+      }
+    }
+  }
+
+  /// Which parts of ∂L/∂d an adjoint step accumulates (bits): gv, gw, du (see adjoint_step).
+  enum Acc : int { kAccV = 1, kAccW = 2, kAccU = 4 };
+
   /// One adjoint step k. On entry P = ψ_{k+1}, G = g_{k+1}, and Q = ψ_k when !kRebuild.
   /// On exit Q = ψ_k, G = g_k, and this step's ∂L/∂d has been added to the accumulators
-  /// gv[j] += ∂L/∂d_j,  gw[j] += ∂L/∂d_j · u_k,  du += Σ_j ∂L/∂d_j · W_j.
-  /// Pivots w̃_j of M_{−1} are the conjugates of M_{+1}'s; m̃_j = −i·he/w̃_j.
-  template <bool kConst, bool kRebuild, bool kScaled>
+  /// kAcc asks for: gv[j] += ∂L/∂d_j,  gw[j] += ∂L/∂d_j · u_k,  du += Σ_j ∂L/∂d_j · W_j.
+  /// Pivots w̃_j of M_{−1} are the conjugates of M_{+1}'s; m̃_j = −i·he/w̃_j = conj(m_j).
+  /// Flops per point and lane, constant H: 14 (eliminate g) + 8 (λ) + 10 (g_k) = 32,
+  /// + 26 to rebuild ψ_k, + 6 for ∂L/∂d and 1 (gv), 2 (gw), 2 (du) per accumulator;
+  /// variable H adds 2·2 (h·d), 10 (pivot; 13 scaled), 2 (m̃) and, rebuilding, 4 (α̃):
+  /// 58 / 65 (constant H, without / with ∂L/∂V), 89 (variable H, every accumulator).
+  template <bool kConst, bool kRebuild, bool kScaled, int kAcc>
   void adjoint_step(V* gv, V* gw, V& du) {
     const T h = sh_.h, he = sh_.he;
     const Scaled k = scaled();
@@ -352,29 +458,45 @@ class Block {
     V* g_r = gr_ + 1;
     V* g_i = gi_ + 1;
 
-    // pass 1, j = 0 … n−1: eliminate g_{k+1} and, when rebuilding, M_{+1} ψ_{k+1}
+    // pass 1, j = 0 … n−1: eliminate g_{k+1} and, when rebuilding, M_{+1} ψ_{k+1}:
+    // v_j = g_j/w̃_j + m̃_j v_{j−1},  v'_j = conj(α_j) ψ_j + m̃_j (ψ_{j−1} + ψ_{j+1} + v'_{j−1})
     {
       V iw_r = {}, iw_i = {}, vg_r = {}, vg_i = {}, vq_r = {}, vq_i = {};
       for (Index j = 0; j < n_; ++j) {
-        const V d = diag<kConst>(j);
+        V mr, mi, ar, ai;  // m̃_j; conj(α_j) = (1 + i·h·d_j)/w̃_j (rebuild only)
         if constexpr (kConst) {
-          iw_r = fr_[j];
-          iw_i = -fi_[j];
+          iw_r = splat(sh_.cinv_r[j]);
+          iw_i = splat(-sh_.cinv_i[j]);
+          mr = splat(sh_.m_r[j]);
+          mi = splat(-sh_.m_i[j]);
+          if constexpr (kRebuild) {
+            ar = splat(sh_.alpha_r[j]);
+            ai = splat(-sh_.alpha_i[j]);
+          }
         } else {
-          pivot<-1, kScaled>(k, d, iw_r, iw_i);
-          fr_[j] = iw_r;
-          fi_[j] = iw_i;
+          const V hd = hdiag(j);
+          pivot_hd<-1, kScaled>(k, hd, iw_r, iw_i);
+          mr = he * iw_i;
+          mi = -he * iw_r;
+          fr_[j] = mr;  // m̃_j for pass 2
+          fi_[j] = mi;
+          if constexpr (kRebuild) {
+            ar = iw_r - hd * iw_i;
+            ai = iw_i + hd * iw_r;
+          }
         }
-        const V mr = he * iw_i, mi = -he * iw_r;
-        eliminate(iw_r, iw_i, mr, mi, g_r[j], g_i[j], vg_r, vg_i);
+        const V gr = g_r[j], gi = g_i[j];
+        const V nr = (iw_r * gr - iw_i * gi) + mr * vg_r - mi * vg_i;
+        const V ni = (iw_r * gi + iw_i * gr) + mr * vg_i + mi * vg_r;
+        vg_r = nr;
+        vg_i = ni;
         g_r[j] = vg_r;
         g_i[j] = vg_i;
-        if constexpr (kRebuild) {  // r = M_{+1} ψ_{k+1}
+        if constexpr (kRebuild) {
           const V xr = p_r[j], xi = p_i[j];
-          const V sr = p_r[j - 1] + p_r[j + 1], si = p_i[j - 1] + p_i[j + 1];
-          const V rr = xr - h * d * xi + he * si;
-          const V ri = xi + h * d * xr - he * sr;
-          eliminate(iw_r, iw_i, mr, mi, rr, ri, vq_r, vq_i);
+          const V tr = p_r[j - 1] + p_r[j + 1] + vq_r, ti = p_i[j - 1] + p_i[j + 1] + vq_i;
+          vq_r = (ar * xr - ai * xi) + mr * tr - mi * ti;
+          vq_i = (ar * xi + ai * xr) + mr * ti + mi * tr;
           q_r[j] = vq_r;
           q_i[j] = vq_i;
         }
@@ -387,21 +509,30 @@ class Block {
     V l2_r = {}, l2_i = {};  // λ_{j+2}
     V hd1 = {};              // h·d_{j+1}
     for (Index j = n_ - 1; j >= 0; --j) {
-      const V d = diag<kConst>(j);
-      const V iw_i = kConst ? -fi_[j] : fi_[j];
-      const V mr = he * iw_i, mi = -he * fr_[j];
+      V mr, mi, hd;
+      if constexpr (kConst) {
+        mr = splat(sh_.m_r[j]);
+        mi = splat(-sh_.m_i[j]);
+        hd = splat(sh_.hd[j]);
+      } else {
+        mr = fr_[j];
+        mi = fi_[j];
+        hd = hdiag(j);
+      }
       const V lr = g_r[j] + mr * l1_r - mi * l1_i;
       const V li = g_i[j] + mr * l1_i + mi * l1_r;
       if constexpr (kRebuild) {
-        const V xr = q_r[j + 1], xi = q_i[j + 1];
+        const V xr = q_r[j + 1], xi = q_i[j + 1];  // zero padding at j = n−1
         q_r[j] += mr * xr - mi * xi;
         q_i[j] += mr * xi + mi * xr;
       }
-      // ∂L/∂d_j = h·Im(conj(λ_j)·(ψ_k + ψ_{k+1})_j)
-      const V gd = h * (lr * (q_i[j] + p_i[j]) - li * (q_r[j] + p_r[j]));
-      gv[j] += gd;
-      gw[j] += gd * u_;
-      du += gd * sh_.shape[j];
+      if constexpr (kAcc != 0) {
+        // ∂L/∂d_j = h·Im(conj(λ_j)·(ψ_k + ψ_{k+1})_j)
+        const V gd = h * (lr * (q_i[j] + p_i[j]) - li * (q_r[j] + p_r[j]));
+        if constexpr ((kAcc & kAccV) != 0) gv[j] += gd;
+        if constexpr ((kAcc & kAccW) != 0) gw[j] += gd * u_;
+        if constexpr ((kAcc & kAccU) != 0) du += gd * sh_.shape[j];
+      }
       // g_k[j+1] = λ_{j+1} + i·(h·d_{j+1} λ_{j+1} − he (λ_j + λ_{j+2})); at j = n−1 this
       // writes G's padding row, which nothing reads
       g_r[j + 1] = l1_r - hd1 * l1_i + he * (li + l2_i);
@@ -410,7 +541,7 @@ class Block {
       l2_i = l1_i;
       l1_r = lr;
       l1_i = li;
-      hd1 = h * d;
+      hd1 = hd;
     }
     g_r[0] = l1_r - hd1 * l1_i + he * l2_i;  // g_k[0] from λ_0, λ_1 (λ_{−1} = 0)
     g_i[0] = l1_i + hd1 * l1_r - he * l2_r;
@@ -665,6 +796,7 @@ class Block {
   V *pr_, *pi_, *qr_, *qi_, *gr_, *gi_;  // n+2 padded state planes
   V *fr_, *fi_;                          // n per-lane pivots 1/w_j (of M_{+1} if constant)
   V* base_;                              // n: 2e + V_j per lane
+  V* hbase_;                             // n: h·(2e + V_j) per lane
   V *sr_, *si_, *rr_, *ri_, *hr_, *hi_;  // n+2 tangent planes (forward mode / second order)
   V *dbase_, *dd_;                       // n: δV_j per lane, δd_j of the current step
   V u_, du_;                             // control values (and directions) of the step
@@ -721,19 +853,37 @@ void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
   for (Index j = 0; j < n; ++j) gv[j] = gw[j] = V{};
   blk.load(B::Buf::P, states, sstride, states_full ? steps * n : 0);
   blk.load(B::Buf::G, grad_out, gstride, grad_full ? steps * n : 0);
+  // the accumulators this call needs: none, gv (potential) or, with a control or shape
+  // gradient, all three; a constant H has no control and needs at most gv
+  const bool want_v = grads.potential != nullptr;
+  const bool want_uw = grads.control != nullptr || grads.control_shape != nullptr;
+  auto step = [&](auto rebuild, V& du) {
+    constexpr bool kR = decltype(rebuild)::value;
+    if (sh.constant) {
+      if (want_v) blk.template adjoint_step<true, kR, false, B::kAccV>(gv, gw, du);
+      else blk.template adjoint_step<true, kR, false, 0>(gv, gw, du);
+      return;
+    }
+    constexpr int kAll = B::kAccV | B::kAccW | B::kAccU;
+    const int acc = want_uw ? kAll : want_v ? int(B::kAccV) : 0;
+    auto go = [&](auto sc) {
+      constexpr bool kS = decltype(sc)::value;
+      if (acc == kAll) blk.template adjoint_step<false, kR, kS, kAll>(gv, gw, du);
+      else if (acc == B::kAccV) blk.template adjoint_step<false, kR, kS, B::kAccV>(gv, gw, du);
+      else blk.template adjoint_step<false, kR, kS, 0>(gv, gw, du);
+    };
+    if (scaled) go(std::true_type{});
+    else go(std::false_type{});
+  };
   for (Index k = steps - 1; k >= 0; --k) {  // adjoint sweep k = T−1 … 0
     if (stopped(sh)) return;
     V du = {};
     blk.set_control(k);
     if (states_full) {
       blk.load(B::Buf::Q, states, sstride, k * n);
-      if (sh.constant) blk.template adjoint_step<true, false, false>(gv, gw, du);
-      else if (scaled) blk.template adjoint_step<false, false, true>(gv, gw, du);
-      else blk.template adjoint_step<false, false, false>(gv, gw, du);
+      step(std::false_type{}, du);
     } else {
-      if (sh.constant) blk.template adjoint_step<true, true, false>(gv, gw, du);
-      else if (scaled) blk.template adjoint_step<false, true, true>(gv, gw, du);
-      else blk.template adjoint_step<false, true, false>(gv, gw, du);
+      step(std::true_type{}, du);
     }
     if (grads.control) {
       for (Index l = 0; l < lanes; ++l) {
@@ -868,6 +1018,12 @@ void adjoint2_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
                                      Index, const std::complex<T>*, const std::complex<T>*,     \
                                      const std::complex<T>*, const std::complex<T>*, bool,      \
                                      const Gradients<T>&, const Gradients<T>&, T* const*);
+#define QUFLOW_INSTANTIATE_FORWARD(T, W)                                                      \
+  template void forward_block<T, W>(const KernelShared<T>&, const KernelWork<T>&, Index, Index, \
+                                    const std::complex<T>*, std::complex<T>*, bool);
+QUFLOW_INSTANTIATE_FORWARD(float, kQuadLanes<float>)
+QUFLOW_INSTANTIATE_FORWARD(double, kQuadLanes<double>)
+#undef QUFLOW_INSTANTIATE_FORWARD
 QUFLOW_INSTANTIATE(float, 1)
 QUFLOW_INSTANTIATE(float, kNarrowLanes<float>)
 QUFLOW_INSTANTIATE(float, kWideLanes<float>)

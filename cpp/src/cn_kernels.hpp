@@ -25,6 +25,12 @@ struct KernelShared {
   const T* shape = nullptr;   // (n) control shape, zeros without control
   const T* cinv_r = nullptr;  // (n) pivots 1/w_j of I + i·h·H for a constant H
   const T* cinv_i = nullptr;
+  // Constant H only, per point j (scalars, broadcast over the lanes): the restructured
+  // elimination v_j = α_j ψ_j + m_j (ψ_{j−1} + ψ_{j+1} + v_{j−1}) of M_{+1}, with
+  // α_j = (1 − i·h·d_j)/w_j, m_j = i·he/w_j, and hd_j = h·d_j
+  const T *alpha_r = nullptr, *alpha_i = nullptr, *m_r = nullptr, *m_i = nullptr;
+  const T* hd = nullptr;
+  const T* hshape = nullptr;  // (n) h · control shape, zeros without control
   const int* stop = nullptr;  // non-zero: abandon the call (read between steps, atomically)
   // forward mode and second order only (cn_jvp, cn_adjoint2):
   const Tangents<T>* tan = nullptr;
@@ -34,12 +40,14 @@ struct KernelShared {
 /// One thread's workspace for blocks of W lanes (plain view).
 ///   pr, pi, qr, qi, gr, gi: (n+2)·W zero-padded state planes
 ///   fr, fi, base, gv, gw:   n·W
+///   hbase:                  n·W, h·base
 /// and, for forward mode and second order only (null otherwise):
 ///   sr, si, rr, ri, hr, hi: (n+2)·W tangent planes (δψ_{k+1}, δψ_k, its cotangent)
 ///   dbase, dd, tv, tw:      n·W (δV per lane, δd of a step, Σ ∂/∂δd, Σ ∂/∂δd·u_k)
 template <class T>
 struct KernelWork {
   T *pr, *pi, *qr, *qi, *gr, *gi, *fr, *fi, *base, *gv, *gw;
+  T* hbase;
   T *sr = nullptr, *si = nullptr, *rr = nullptr, *ri = nullptr, *hr = nullptr, *hi = nullptr;
   T *dbase = nullptr, *dd = nullptr, *tv = nullptr, *tw = nullptr;
 };
@@ -76,11 +84,16 @@ QUFLOW_DECLARE_KERNELS(isa_avx2)
 /// 8 floats); kWideLanes are two registers: two independent dependency chains per grid
 /// point, which hides the latency of the Thomas recurrences (forward steps and the adjoint
 /// with a control: ~1.3–1.9× faster), at the price of register pressure (the adjoint of a
-/// constant Hamiltonian: ~1.4× slower, so it keeps kNarrowLanes). Measured with
-/// `make bench-cpp`.
+/// constant Hamiltonian in float: ~1.2× slower, so it keeps kNarrowLanes; in double
+/// ~1.15× faster). Measured with `make bench-cpp`.
 template <class T>
 constexpr int kNarrowLanes = 4 * int(sizeof(double) / sizeof(T));
 template <class T>
 constexpr int kWideLanes = 2 * kNarrowLanes<T>;
+/// Four registers per point: the forward step of a constant H only (forward_block), whose
+/// sweeps carry just v_{j−1} / x_{j+1}; four chains bring it from the recurrences' latency
+/// to the FMA units' throughput.
+template <class T>
+constexpr int kQuadLanes = 4 * kNarrowLanes<T>;
 
 }  // namespace quflow
