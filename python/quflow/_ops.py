@@ -351,6 +351,12 @@ class CrankNicolson(torch.autograd.Function):
         cfg = ctx.cfg
         if tpsi0 is not None:
             tpsi0 = tpsi0.to(psi0.dtype).contiguous()
+        if tpotential is None and tcontrol is None and tcontrol_shape is None:
+            if tpsi0 is None:
+                return None, None
+            # linear in ψ0: the tangent is the propagation of δψ0 itself (one forward)
+            return _forward(tpsi0, potential, control, control_shape, cfg.dt, cfg.dx,
+                            cfg.steps, cfg.trajectory, cfg.threads), None
         _, tout = _jvp(
             psi0, potential, control, control_shape, tpsi0,
             *(None if t is None else t.contiguous() for t in (tpotential, tcontrol,
