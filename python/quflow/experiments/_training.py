@@ -338,7 +338,7 @@ class Setup:
         configs = self.configs()
         if jobs > 1 and size == 1 and len(configs) > 1:
             threads = torch.get_num_threads()
-            pool, futures = _worker_pool(min(jobs, len(configs))), []
+            (pool, stop), futures = _worker_pool(min(jobs, len(configs))), []
             try:
                 futures = [pool.submit(_train_in_worker, self, cfg, out, resume, train_set,
                                        val_set, probe, threads) for cfg in configs]
@@ -350,6 +350,7 @@ class Setup:
             except BaseException:
                 # Ctrl-C (or a failed run): no further runs start, and the running ones get
                 # SIGINT too, so each saves its last completed epoch (train's handler)
+                stop.set()
                 for future in futures:
                     future.cancel()
                 for proc in list(getattr(pool, "_processes", {}).values()):
@@ -386,11 +387,14 @@ def _worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
     the parent holds no intra-op thread pool at one thread), spawned elsewhere."""
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                  initializer=_worker_init)
+    stop = context.Event()
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                  initializer=_worker_init, initargs=(stop,))
+    return pool, stop
 
 
 _TRAINING = False  # in a worker: a run is in progress
+_STOP = None  # in a worker: set by the parent when interrupted; queued runs then do not start
 
 
 def _worker_sigint(signum, frame) -> None:
@@ -402,7 +406,9 @@ def _worker_sigint(signum, frame) -> None:
         raise KeyboardInterrupt
 
 
-def _worker_init() -> None:
+def _worker_init(stop) -> None:
+    global _STOP
+    _STOP = stop
     signal.signal(signal.SIGINT, _worker_sigint)
 
 
@@ -412,6 +418,8 @@ def _train_in_worker(setup: Setup, cfg: RunConfig, out: Path, resume: bool, trai
     global _TRAINING
     torch.set_num_threads(threads)
     e = setup.experiment
+    if _STOP is not None and _STOP.is_set():
+        raise KeyboardInterrupt
     _TRAINING = True
     try:
         return train(cfg, lambda: mlp(e.inputs, e.outputs, e.hidden), e.batch_loss, train_set,
