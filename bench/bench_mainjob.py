@@ -55,7 +55,8 @@ def bench(variants: dict, reps: int, rounds: int = 15) -> dict:
 
 
 def table(title: str, result: dict, base: str) -> None:
-    print(f"\n{title}")
+    if title:
+        print(f"\n{title}")
     for k, t in result.items():
         unit, scale = ("ms", 1e3) if t >= 1e-3 else ("µs", 1e6)
         print(f"  {k:44s} {t * scale:9.1f} {unit}   {t / result[base]:5.2f}× {base}")
