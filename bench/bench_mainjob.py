@@ -98,12 +98,13 @@ def main() -> None:
     optims = {"Adam, default (per-tensor)": torch.optim.Adam(params, lr=1e-9, foreach=False),
               "Adam, foreach (quflow reproduce)": torch.optim.Adam(params, lr=1e-9, foreach=True),
               "Adam, fused": torch.optim.Adam(params, lr=1e-9, fused=True),
-              "SGD, default (per-tensor)": torch.optim.SGD(params, lr=1e-9, foreach=False),
-              "SGD, fused (quflow reproduce)": torch.optim.SGD(params, lr=1e-9, fused=True)}
+              "SGD, default (per-tensor; quflow reproduce)": torch.optim.SGD(params, lr=1e-9, foreach=False),
+              "SGD, fused": torch.optim.SGD(params, lr=1e-9, fused=True)}
     r = bench({k: o.step for k, o in optims.items()}, reps=100)
     table("optimiser step (9 384 float64 parameters)",
           {k: v for k, v in r.items() if k.startswith("Adam")}, "Adam, default (per-tensor)")
-    table("", {k: v for k, v in r.items() if k.startswith("SGD")}, "SGD, default (per-tensor)")
+    table("", {k: v for k, v in r.items() if k.startswith("SGD")},
+          "SGD, default (per-tensor; quflow reproduce)")
     with torch.no_grad():
         for p, s in zip(params, saved):
             p.copy_(s)

@@ -378,8 +378,8 @@ def _reference_train(cfg, make_model, batch_loss, train_set, val_set):
     ("prediction", "adam", "modified"), ("prediction", "sgd", "standard"),
     ("control", "adam", "l2"), ("control", "sgd", "modified")])
 def test_training_equals_the_reference_harness(experiment, optimizer, method):
-    """Issue 14's speedups change no result: Adam's foreach step and SGD's fused step train
-    the network bitwise like torch's default per-tensor step, and the one batched evaluation
+    """Issue 14's speedups change no result: Adam's foreach step trains the network bitwise
+    like torch's default per-tensor step (SGD keeps the default), and the one batched evaluation
     of both sets gives the losses of one evaluation per set to 1e-12 relative (the batch
     shape changes the rounding of the mean and of the matrix products)."""
     e = {"prediction": prediction, "control": control}[experiment].EXPERIMENT
