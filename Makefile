@@ -55,6 +55,7 @@ bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) bench/bench_quantum.py
 	OMP_NUM_THREADS=1 $(PY) bench/bench_qng.py
 	OMP_NUM_THREADS=1 $(PY) bench/bench_derivatives.py
+	OMP_NUM_THREADS=1 $(PY) bench/bench_mainjob.py
 
 bench-cpp:
 	cmake -S . -B build/bench -DCMAKE_BUILD_TYPE=Release -DQUFLOW_BUILD_BENCHMARKS=ON \

@@ -244,6 +244,8 @@ def test_verdict_rules():
     (["toy", "--seeds", "2"], "--seeds: not used by the toy experiment"),
     (["toy", "--real-states"], "not used by the toy experiment"),
     (["toy", "--resume"], "--resume: not used by the toy experiment"),
+    (["toy", "--jobs", "2"], "--jobs: not used by the toy experiment"),
+    (["prediction", "--jobs", "0"], "--jobs must be >= 1"),
     (["prediction", "--target", "2"], "--target: not used by the prediction experiment"),
     (["control", "--threads", "0"], "--threads must be >= 1"),
 ])
@@ -303,21 +305,26 @@ def _small(out, *extra):
                       "--out", str(out), *extra)
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("checkpoint_seconds", [0.0, 3600.0])
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, checkpoint_seconds):
+    """Checkpoints after every epoch (0 s) or only when interrupted (3600 s): either way the
+    interrupted run's checkpoint holds its last completed epoch, and resuming equals an
+    uninterrupted run exactly."""
     cfg = _training.RunConfig("prediction", "modified", 0, 3, 0.005, 200)
     (x, y), (xv, yv) = prediction.make_data()
-    data = dict(train_set=(x[:1000], y[:1000]), val_set=(xv[:200], yv[:200]))
+    data = dict(train_set=(x[:1000], y[:1000]), val_set=(xv[:200], yv[:200]),
+                checkpoint_seconds=checkpoint_seconds)
     make = lambda: _training.mlp(40, 40, 16)  # noqa: E731
     full = _training.train(cfg, make, prediction.batch_loss, ckpt=tmp_path / "a.pt",
                            resume=False, **data)
     calls = {"n": 0}
 
-    def flaky(model, xb, yb, gradient):
+    def flaky(model, xb, yb, gradient, **kwargs):
         calls["n"] += 1
-        # 2 evaluations + 2 probe gradients at epoch 0, then 5 batches + 4 per epoch
-        if calls["n"] == 4 + 2 * 9 + 3:  # inside epoch 3
+        # 1 evaluation + 2 probe gradients at epoch 0, then 5 batches + 3 per epoch
+        if calls["n"] == 3 + 2 * 8 + 3:  # inside epoch 3
             raise KeyboardInterrupt
-        return prediction.batch_loss(model, xb, yb, gradient)
+        return prediction.batch_loss(model, xb, yb, gradient, **kwargs)
 
     with pytest.raises(KeyboardInterrupt):
         _training.train(cfg, make, flaky, ckpt=tmp_path / "b.pt", resume=False, **data)
@@ -325,6 +332,83 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     resumed = _training.train(cfg, make, prediction.batch_loss, ckpt=tmp_path / "b.pt",
                               resume=True, **data)
     assert resumed == full
+
+
+def test_checkpoints_are_written_at_most_every_checkpoint_seconds(tmp_path, monkeypatch):
+    cfg = _training.RunConfig("prediction", "standard", 0, 4, 0.005, 200)
+    (x, y), (xv, yv) = prediction.make_data()
+    saved = []
+    monkeypatch.setattr(_io, "save_checkpoint", lambda path, state: saved.append(state["epoch"]))
+    for seconds, epochs in ((0.0, [1, 2, 3, 4]), (3600.0, [4])):
+        saved.clear()
+        _training.train(cfg, lambda: _training.mlp(40, 40, 8), prediction.batch_loss,
+                        (x[:400], y[:400]), (xv[:100], yv[:100]), ckpt=tmp_path / "c.pt",
+                        resume=False, checkpoint_seconds=seconds)
+        assert saved == epochs
+
+
+def _reference_train(cfg, make_model, batch_loss, train_set, val_set):
+    """The harness before issue 14: torch's default (per-tensor) optimiser step and one
+    evaluation per set; no checkpoints."""
+    torch.manual_seed(cfg.seed)
+    model = make_model()
+    opt = (torch.optim.Adam(model.parameters(), lr=cfg.lr, foreach=False) if cfg.optimizer == "adam"
+           else torch.optim.SGD(model.parameters(), lr=cfg.lr, foreach=False))
+    shuffle = torch.Generator().manual_seed(cfg.seed + 1)
+    (x_all, y_all), curves = train_set, {"train": [], "val": []}
+
+    def record():
+        with torch.no_grad():
+            for k, (x, y) in zip(curves, (train_set, val_set)):
+                curves[k].append(batch_loss(model, x, y, "standard").item())
+
+    record()
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(x_all), generator=shuffle)
+        for first in range(0, len(x_all), cfg.batch_size):
+            idx = order[first:first + cfg.batch_size]
+            opt.zero_grad()
+            batch_loss(model, x_all[idx], y_all[idx], cfg.method).backward()
+            opt.step()
+        record()
+    return curves, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("experiment,optimizer,method", [
+    ("prediction", "adam", "modified"), ("prediction", "sgd", "standard"),
+    ("control", "adam", "l2"), ("control", "sgd", "modified")])
+def test_training_equals_the_reference_harness(experiment, optimizer, method):
+    """Issue 14's speedups change no result: Adam's foreach step trains the network bitwise
+    like torch's default per-tensor step (SGD keeps the default), and the one batched evaluation
+    of both sets gives the losses of one evaluation per set to 1e-12 relative (the batch
+    shape changes the rounding of the mean and of the matrix products)."""
+    e = {"prediction": prediction, "control": control}[experiment].EXPERIMENT
+    (x, y), (xv, yv) = e.make_data(states=e.states, real=e.real_states, target=e.target)
+    data = ((x[:300], y[:300]), (xv[:50], yv[:50]))
+    cfg = _training.RunConfig(experiment, method, 1, 3, e.lr[optimizer], e.batch_size // 2 or 1,
+                              optimizer=optimizer)
+    make = lambda: _training.mlp(e.inputs, e.outputs, 16)  # noqa: E731
+    want, want_params = _reference_train(cfg, make, e.batch_loss, *data)
+    models = []
+    got = _training.train(cfg, lambda: models.append(make()) or models[-1], e.batch_loss, *data,
+                          ckpt=None, resume=False)
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in models[0].parameters()]),
+                       want_params)
+    for k in ("train", "val"):
+        assert got[k] == pytest.approx(want[k], rel=1e-12, abs=0)
+
+
+def test_parallel_runs_equal_sequential_runs(tmp_path):
+    """--jobs 2 trains the runs in two worker processes; every run seeds itself, so the
+    curves (CSV) and results equal one process's exactly."""
+    out = {}
+    for jobs in ("1", "2"):
+        out[jobs] = tmp_path / jobs
+        assert _reproduce("prediction", "--optimizer", "sgd", "--seeds", "2", "--epochs", "2",
+                          "--jobs", jobs, "--out", str(out[jobs])) == 0
+    assert (out["1"] / "prediction-sgd.csv").read_text() == (out["2"] / "prediction-sgd.csv").read_text()
+    assert json.loads((out["1"] / "results.json").read_text()) == \
+        json.loads((out["2"] / "results.json").read_text())
 
 
 def test_resume_of_a_complete_folder_reproduces_its_results(tmp_path):

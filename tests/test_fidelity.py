@@ -264,3 +264,121 @@ def test_nested_tensors_are_type_errors():
     nested = torch.nested.nested_tensor([torch.ones(4), torch.ones(4)])
     with pytest.raises(TypeError, match="pred: expected a dense"):
         quflow.fidelity_loss(nested, torch.ones(4))
+
+
+# ---------------------------------------------------------------- the direct formula (issue 14)
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_direct_and_scaled_values_agree_across_the_direct_range(dtype):
+    """Eager mode computes 1 − (|⟨t,p⟩|/(‖p‖‖t‖))² directly where every norm lies in
+    _DIRECT_NORMS and on the unit vectors elsewhere: the same value to round-off on both
+    sides of each bound."""
+    from quflow import fidelity
+    lo, hi = fidelity._DIRECT_NORMS[torch.float32 if dtype == torch.complex64 else torch.float64]
+    p, t = _states((6, 5), dtype, 40), _states((6, 5), dtype, 41)
+    p, t = p / p.abs().pow(2).sum(-1, keepdim=True).sqrt(), t / t.abs().pow(2).sum(-1, keepdim=True).sqrt()
+    ref = fidelity._scaled_value(p, t)
+    tol = 1e-15 if dtype == torch.complex128 else 1e-6
+    for c in (lo / 2, lo * 2, 1.0, hi / 2, hi * 2):
+        for pc, tc in ((p * c, t), (p, t * c), (p * c, t * c)):
+            direct = fidelity._direct_value(pc, tc)
+            assert (direct is None) == (c in (lo / 2, hi * 2)), c
+            out = quflow.fidelity_loss(pc, tc, reduction="none")
+            torch.testing.assert_close(out, ref, atol=tol, rtol=0, msg=f"scale {c}")
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("bad,which,msg", [
+    (float("nan"), "pred", "pred: contains NaN"), (float("inf"), "pred", "pred: contains NaN"),
+    (float("-inf"), "target", "target: contains NaN"), (float("nan"), "target", "target: contains NaN"),
+    (0.0, "pred", "pred: a sample has zero norm"), (0.0, "target", "target: a sample has zero norm"),
+])
+def test_bad_values_in_one_sample_of_a_batch_are_named(bad, which, msg, requires_grad):
+    """The direct formula checks only its norms (O(batch)); when it refuses, the slow checks
+    find and name the argument, as before."""
+    p, t = _states((5, 4), seed=42), _states((5, 4), seed=43)
+    x = p if which == "pred" else t
+    x[3] = 0.0 if bad == 0.0 else x[3]
+    x[3, 1] = complex(bad, 0.0) if bad != 0.0 else 0.0
+    with pytest.raises(ValueError, match=msg):
+        quflow.fidelity_loss(p.requires_grad_(requires_grad), t)
+    with pytest.raises(ValueError, match=msg):  # the real layout too
+        quflow.fidelity_loss(quflow.to_real(p.detach()), quflow.to_real(t))
+
+
+# ---------------------------------------------------------------- torch.compile (issue 13)
+
+COMPILE_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
+
+
+def _compile_case(dtype, gradient, reduction):
+    """A small network feeding fidelity_loss; returns (loss function, inputs, params)."""
+    gen = torch.Generator().manual_seed(50)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
+    with torch.no_grad():
+        for w in model.parameters():
+            w.copy_(torch.randn(w.shape, generator=gen) * 0.5)
+    model = model.to(dtype)
+    x = torch.randn(6, 8, generator=gen).to(dtype)
+    y = torch.randn(6, 8, generator=gen).to(dtype)  # real layout, 4 complex components
+
+    def loss(x, y):
+        out = quflow.fidelity_loss(model(x), y, gradient=gradient, reduction=reduction)
+        return out if out.ndim == 0 else (out * torch.arange(1, 7, dtype=dtype)).sum()
+    return loss, (x, y), list(model.parameters())
+
+
+def _value_and_grads(fn, inputs, params):
+    value = fn(*inputs)
+    return value.detach(), torch.autograd.grad(value, params)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("gradient", ["standard", "modified", "l2"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_compiled_fullgraph_forward_and_backward_equal_eager(dtype, gradient, reduction):
+    """torch.compile(fullgraph=True) traces fidelity_loss without a graph break (a break
+    would raise) and AOTAutograd traces its custom backward; values and parameter gradients
+    equal eager mode to COMPILE_TOL (eager uses the direct formula, compiled the scaled one)."""
+    torch._dynamo.reset()
+    loss, inputs, params = _compile_case(dtype, gradient, reduction)
+    eager = _value_and_grads(loss, inputs, params)
+    compiled = _value_and_grads(torch.compile(loss, fullgraph=True, backend="aot_eager"),
+                                inputs, params)
+    torch.testing.assert_close(compiled, eager, atol=COMPILE_TOL[dtype], rtol=COMPILE_TOL[dtype])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex")
+@pytest.mark.parametrize("gradient", ["standard", "modified", "l2"])
+def test_inductor_compiled_training_step_equals_eager(gradient):
+    """The default backend (inductor), fullgraph, one dtype: forward + backward as in a
+    training step, then the same again with the recompiled graph (second call)."""
+    torch._dynamo.reset()
+    loss, inputs, params = _compile_case(torch.float64, gradient, "mean")
+    eager = _value_and_grads(loss, inputs, params)
+    compiled_loss = torch.compile(loss, fullgraph=True)
+    for _ in range(2):
+        compiled = _value_and_grads(compiled_loss, inputs, params)
+        torch.testing.assert_close(compiled, eager, atol=1e-12, rtol=1e-12)
+
+
+def test_dynamo_explain_finds_no_graph_break():
+    torch._dynamo.reset()
+    p, t = _states((4, 3), seed=51), _states((3,), seed=52)
+    for gradient in ("standard", "modified", "l2"):
+        explanation = torch._dynamo.explain(
+            lambda a, b: quflow.FidelityLoss(gradient=gradient)(a, b))(p, t)
+        assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+def test_compiled_loss_skips_the_value_checks():
+    """Documented: inside torch.compile the data-dependent checks are skipped (a graph break
+    otherwise); NaN input gives a NaN loss instead of the eager error."""
+    torch._dynamo.reset()
+    p = torch.tensor([[1.0 + 0j, float("nan")]])
+    t = torch.tensor([1.0 + 0j, 0.0])
+    with pytest.raises(ValueError, match="pred: contains NaN"):
+        quflow.fidelity_loss(p, t)
+    out = torch.compile(quflow.fidelity_loss, fullgraph=True, backend="aot_eager")(p, t)
+    assert torch.isnan(out)

@@ -131,6 +131,10 @@ def _parser() -> argparse.ArgumentParser:
                      default=os.environ.get("QUFLOW_THREADS", "1"),
                      help="intra-op threads per process (default 1: these networks are "
                           "tiny; QUFLOW_THREADS sets the default)")
+    rep.add_argument("--jobs", type=_positive("--jobs"), default=None,
+                     help="runs trained at once, each in its own process (default: the "
+                          "available cores // --threads, at least 1; 1 under torchrun). "
+                          "Every run seeds itself: the results do not depend on it")
     rep.add_argument("--resume", action="store_true",
                      help="continue interrupted runs from their last completed epoch")
     rep.add_argument("--no-progress", dest="progress", action="store_false",
@@ -148,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
 # options -> the experiments that use them (for "options an experiment does not use")
 _USED_BY = {"seeds": TRAINED, "epochs": TRAINED, "optimizer": TRAINED, "lr": TRAINED,
             "states": TRAINED, "modes": TRAINED, "real_states": TRAINED, "target": ("control",),
-            "resume": TRAINED}
+            "resume": TRAINED, "jobs": TRAINED}
 
 
 def _flag(name: str) -> str:
@@ -208,8 +212,17 @@ def _load_results(path: Path) -> dict:
     return {}
 
 
+def default_jobs(threads: int) -> int:
+    """Worker processes that fit the available cores at ``threads`` intra-op threads each."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        cores = os.cpu_count() or 1
+    return max(1, cores // threads)
+
+
 def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
-              progress: bool = True) -> dict:
+              progress: bool = True, jobs: int = 1) -> dict:
     """Runs ``setups`` (``"toy"`` or :class:`~quflow.experiments._training.Setup`), merges
     their entries into ``out/results.json`` after each, and returns the merged results.
 
@@ -248,7 +261,7 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
         else:
             if progress and rank == 0:
                 print(f"== {s.describe()}", flush=True)
-            key, entry = s.key, s.run(out, resume=resume, progress=bar)
+            key, entry = s.key, s.run(out, resume=resume, progress=bar, jobs=jobs)
         if rank == 0:
             results[key] = entry
             _io.write_json(results_path, results)
@@ -289,7 +302,8 @@ def _reproduce_main(args, parser) -> int:
 
     torch.set_num_threads(args.threads)
     setups = plan(args, parser)
-    rank, _ = _training.world()
+    rank, size = _training.world()
+    jobs = 1 if size > 1 else args.jobs or default_jobs(args.threads)
     out = _writable_dir(Path(args.out), parser) if rank == 0 else Path(args.out)
     if args.progress and rank == 0:
         what = ", ".join(s if s == "toy" else s.key for s in setups)
@@ -297,10 +311,10 @@ def _reproduce_main(args, parser) -> int:
             f", --{name} {value}" for name, value in (("epochs", args.epochs),
                                                      ("seeds", args.seeds)) if value)
         print(f"quflow reproduce {args.experiment} ({mode}): {what}; {args.threads} "
-              f"thread(s) per process -> {out}", flush=True)
+              f"thread(s) per process, {jobs} run(s) at once -> {out}", flush=True)
     try:
         results = reproduce(setups, out, quick=args.quick, resume=args.resume,
-                            progress=args.progress)
+                            progress=args.progress, jobs=jobs)
     except _training.ConfigMismatch as exc:
         print(f"quflow: --resume refused: {exc}. Use the same options, or another --out.",
               file=sys.stderr)

@@ -37,10 +37,10 @@ def make_data(seed: int = 2024, states: tuple = (2, 3), real: bool = True, targe
     return (x[:TRAIN_STATES], y[:TRAIN_STATES]), (x[TRAIN_STATES:], y[TRAIN_STATES:])
 
 
-def batch_loss(model, x, y, gradient):
+def batch_loss(model, x, y, gradient, reduction="mean"):
     u = model(x)  # (B, 50)
     psi_T = crank_nicolson(to_complex(x), dt=DT, dx=_GRID.dx, control=u, control_shape=_GRID.x)
-    return fidelity_loss(psi_T, y, gradient=gradient)
+    return fidelity_loss(psi_T, y, gradient=gradient, reduction=reduction)
 
 
 EXPERIMENT = _training.Experiment(

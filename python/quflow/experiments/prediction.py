@@ -36,8 +36,8 @@ def make_data(seed: int = 2023, states: tuple = (1, 2, 3, 4, 5), real: bool = Fa
     return pairs(traj[:TRAIN_STATES]), pairs(traj[TRAIN_STATES:])
 
 
-def batch_loss(model, x, y, gradient):
-    return fidelity_loss(model(x), y, gradient=gradient)
+def batch_loss(model, x, y, gradient, reduction="mean"):
+    return fidelity_loss(model(x), y, gradient=gradient, reduction=reduction)
 
 
 EXPERIMENT = _training.Experiment(
