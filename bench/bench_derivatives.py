@@ -57,6 +57,8 @@ import tempfile
 import time
 
 import torch
+
+from bench_schrodinger import saved_bytes  # bytes autograd saves for backward
 from torch import nn
 
 import quflow
@@ -189,23 +191,6 @@ def interleaved_medians(fns: dict, repeats: int = 15, budget: float = 0.05):
                 fn()
             times[name].append((time.perf_counter() - t0) / inner[name])
     return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def saved_bytes(fn, inputs=()):
-    """Bytes of the distinct storages autograd saves while fn() runs, not counting `inputs`."""
-    seen = {}
-    exclude = {t.untyped_storage().data_ptr() for t in inputs}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if t.numel() and ptr not in exclude:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    del out
-    return sum(seen.values())
 
 
 def dense_crank_nicolson(psi0, u, steps):

@@ -174,20 +174,34 @@ quflow::System<T> make_system(py::ssize_t batch, py::ssize_t n, const RArray<T>&
   return sys;
 }
 
+/// The System of a forward sweep from psi0 (batch, n): checks threads, psi0's layout and
+/// that `copies` trajectories of (batch, steps+1, n) states fit a 64-bit size.
+template <class T>
+quflow::System<T> forward_system(const CArray<T>& psi0, const RArray<T>& potential,
+                                 const std::optional<RArray<T>>& control,
+                                 const std::optional<RArray<T>>& control_shape, double dt,
+                                 double dx, py::ssize_t steps, bool trajectory, int threads,
+                                 int copies) {
+  if (threads < 1) fail("threads: expected >= 1");
+  require_ndim(psi0, "psi0", 2, 2);
+  require_aligned(psi0, "psi0");
+  const py::ssize_t batch = psi0.shape(0), n = psi0.shape(1);
+  auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
+  if (trajectory && (steps == std::numeric_limits<py::ssize_t>::max() ||
+                     !quflow::size_fits(batch, steps + 1, n, copies * sizeof(std::complex<T>))))
+    fail("steps: a trajectory of " + std::to_string(steps) + " + 1 states of (batch, n) = (" +
+         std::to_string(batch) + ", " + std::to_string(n) + ") overflows a 64-bit size");
+  return sys;
+}
+
 template <class T>
 py::array forward(const CArray<T>& psi0, const RArray<T>& potential,
                   const std::optional<RArray<T>>& control,
                   const std::optional<RArray<T>>& control_shape, double dt, double dx,
                   py::ssize_t steps, bool trajectory, int threads) {
-  if (threads < 1) fail("threads: expected >= 1");
-  require_ndim(psi0, "psi0", 2, 2);
-  require_aligned(psi0, "psi0");
-  const py::ssize_t batch = psi0.shape(0), n = psi0.shape(1);
-  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
-  if (trajectory && (steps == std::numeric_limits<py::ssize_t>::max() ||
-                     !quflow::size_fits(batch, steps + 1, n, sizeof(std::complex<T>))))
-    fail("steps: a trajectory of " + std::to_string(steps) + " + 1 states of (batch, n) = (" +
-         std::to_string(batch) + ", " + std::to_string(n) + ") overflows a 64-bit size");
+  const auto sys = forward_system<T>(psi0, potential, control, control_shape, dt, dx, steps,
+                                     trajectory, threads, 1);
+  const py::ssize_t batch = sys.batch, n = sys.n;
   require_finite(psi0.data(), psi0.size(), "psi0");
   CArray<T> out = trajectory ? CArray<T>({batch, steps + 1, n}) : CArray<T>({batch, n});
   std::complex<T>* dst = out.mutable_data();
@@ -247,41 +261,38 @@ quflow::Tangents<T> make_tangents(const quflow::System<T>& sys,
                                   const std::optional<RArray<T>>& tcontrol,
                                   const std::optional<RArray<T>>& tcontrol_shape) {
   quflow::Tangents<T> tan;
+  // ndim, alignment and finiteness of one direction; its shape is checked by the caller
+  auto valid = [](const auto& a, const char* name, int ndim) {
+    require_ndim(a, name, ndim, ndim);
+    require_aligned(a, name);
+    require_finite(a.data(), a.size(), name);
+  };
   if (tpsi0) {
-    require_ndim(*tpsi0, "tangent psi0", 2, 2);
-    require_aligned(*tpsi0, "tangent psi0");
+    valid(*tpsi0, "tangent psi0", 2);
     if (tpsi0->shape(0) != sys.batch || tpsi0->shape(1) != sys.n)
       fail("tangent psi0: expected shape (batch, n)");
-    require_finite(tpsi0->data(), tpsi0->size(), "tangent psi0");
     tan.psi0 = tpsi0->data();
   }
+  auto rows_ok = [&](const RArray<T>& a) { return a.shape(0) == 1 || a.shape(0) == sys.batch; };
   if (tpotential) {
-    require_ndim(*tpotential, "tangent potential", 2, 2);
-    require_aligned(*tpotential, "tangent potential");
-    if (tpotential->shape(1) != sys.n ||
-        (tpotential->shape(0) != 1 && tpotential->shape(0) != sys.batch))
+    valid(*tpotential, "tangent potential", 2);
+    if (tpotential->shape(1) != sys.n || !rows_ok(*tpotential))
       fail("tangent potential: expected shape (1, n) or (batch, n)");
-    require_finite(tpotential->data(), tpotential->size(), "tangent potential");
     tan.potential = tpotential->data();
     tan.potential_rows = tpotential->shape(0);
   }
   if ((tcontrol || tcontrol_shape) && sys.control_rows == 0)
     fail("tangent control: given without a control");
   if (tcontrol) {
-    require_ndim(*tcontrol, "tangent control", 2, 2);
-    require_aligned(*tcontrol, "tangent control");
-    if (tcontrol->shape(1) != sys.steps ||
-        (tcontrol->shape(0) != 1 && tcontrol->shape(0) != sys.batch))
+    valid(*tcontrol, "tangent control", 2);
+    if (tcontrol->shape(1) != sys.steps || !rows_ok(*tcontrol))
       fail("tangent control: expected shape (1, steps) or (batch, steps)");
-    require_finite(tcontrol->data(), tcontrol->size(), "tangent control");
     tan.control = tcontrol->data();
     tan.control_rows = tcontrol->shape(0);
   }
   if (tcontrol_shape) {
-    require_ndim(*tcontrol_shape, "tangent control_shape", 1, 1);
-    require_aligned(*tcontrol_shape, "tangent control_shape");
+    valid(*tcontrol_shape, "tangent control_shape", 1);
     if (tcontrol_shape->shape(0) != sys.n) fail("tangent control_shape: expected shape (n,)");
-    require_finite(tcontrol_shape->data(), tcontrol_shape->size(), "tangent control_shape");
     tan.control_shape = tcontrol_shape->data();
   }
   return tan;
@@ -295,16 +306,10 @@ py::tuple jvp(const CArray<T>& psi0, const RArray<T>& potential,
               const std::optional<RArray<T>>& tcontrol,
               const std::optional<RArray<T>>& tcontrol_shape, double dt, double dx,
               py::ssize_t steps, bool trajectory, int threads) {
-  if (threads < 1) fail("threads: expected >= 1");
-  require_ndim(psi0, "psi0", 2, 2);
-  require_aligned(psi0, "psi0");
-  const py::ssize_t batch = psi0.shape(0), n = psi0.shape(1);
-  const auto sys = make_system<T>(batch, n, potential, control, control_shape, dt, dx, steps);
+  const auto sys = forward_system<T>(psi0, potential, control, control_shape, dt, dx, steps,
+                                     trajectory, threads, 2);
+  const py::ssize_t batch = sys.batch, n = sys.n;
   const auto tan = make_tangents<T>(sys, tpsi0, tpotential, tcontrol, tcontrol_shape);
-  if (trajectory && (steps == std::numeric_limits<py::ssize_t>::max() ||
-                     !quflow::size_fits(batch, steps + 1, n, 2 * sizeof(std::complex<T>))))
-    fail("steps: a trajectory of " + std::to_string(steps) + " + 1 states of (batch, n) = (" +
-         std::to_string(batch) + ", " + std::to_string(n) + ") overflows a 64-bit size");
   require_finite(psi0.data(), psi0.size(), "psi0");
   auto make = [&] { return trajectory ? CArray<T>({batch, steps + 1, n}) : CArray<T>({batch, n}); };
   CArray<T> out = make(), tout = make();
