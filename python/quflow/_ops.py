@@ -54,10 +54,10 @@ def _threads(threads: int) -> int:
 
 def _plain_eager(args) -> bool:
     """True for a call that needs nothing of torch's dispatcher: no torch.func transform,
-    no compilation or tracing mode, nothing to record for autograd, plain CPU tensors. Such calls run the kernels
-    directly: the dispatcher's round trip through Python costs tens of µs per call, and it
-    takes the GIL back in a destructor, which aborts the process when a daemon thread's
-    call ends while Python exits."""
+    no compilation or tracing mode, nothing to record for autograd, plain CPU tensors.
+    Such calls run the kernels directly: the dispatcher's round trip through Python costs
+    tens of µs per call, and it takes the GIL back in a destructor, which aborts the
+    process when a daemon thread's call ends while Python exits."""
     if (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
             or _dispatch_mode() is not None or torch._C._is_torch_function_mode_enabled()):
         return False
