@@ -101,7 +101,7 @@ def _empty(like: Tensor) -> Tensor:
 # ---------------------------------------------------------------- the operators
 
 def _cn_forward_impl(psi0: Tensor, potential: Tensor, control: _Opt, control_shape: _Opt, dt: float,
-               dx: float, steps: int, trajectory: bool, threads: int) -> Tensor:
+                     dx: float, steps: int, trajectory: bool, threads: int) -> Tensor:
     """ψ0 (B, n) → ψ_T (B, n), or (B, steps+1, n) when ``trajectory``."""
     return _t(_core_fn("forward", psi0.dtype)(_np(psi0), _np(potential), _np(control),
                                                _np(control_shape), dt, dx, steps, trajectory,
@@ -119,8 +119,8 @@ def _(psi0, potential, control, control_shape, dt, dx, steps, trajectory, thread
 
 
 def _cn_backward_impl(states: Tensor, grad: Tensor, psi0: Tensor, potential: Tensor, control: _Opt,
-                control_shape: _Opt, dt: float, dx: float, steps: int, need: Sequence[bool],
-                threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                      control_shape: _Opt, dt: float, dx: float, steps: int, need: Sequence[bool],
+                      threads: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Jᵀ·grad: the gradients of ψ0, V, u, W (empty where ``need`` is false).
 
     ``states``: ψ_T (B, n), or the stored trajectory (B, steps+1, n); ``grad`` the cotangent
@@ -151,8 +151,8 @@ def _(states, grad, psi0, potential, control, control_shape, dt, dx, steps, need
 
 
 def _cn_jvp_impl(psi0: Tensor, potential: Tensor, control: _Opt, control_shape: _Opt, tpsi0: _Opt,
-           tpotential: _Opt, tcontrol: _Opt, tcontrol_shape: _Opt, dt: float, dx: float,
-           steps: int, trajectory: bool, threads: int) -> tuple[Tensor, Tensor]:
+                 tpotential: _Opt, tcontrol: _Opt, tcontrol_shape: _Opt, dt: float, dx: float,
+                 steps: int, trajectory: bool, threads: int) -> tuple[Tensor, Tensor]:
     """(ψ_T, J·δθ) for the direction δθ = (tpsi0, tpotential, tcontrol, tcontrol_shape)."""
     out, tout = _core_fn("jvp", psi0.dtype)(
         _np(psi0), _np(potential), _np(control), _np(control_shape), _np(tpsi0),
@@ -174,9 +174,9 @@ def _(psi0, potential, control, control_shape, tpsi0, tpotential, tcontrol, tcon
 
 
 def _cn_adjoint2_impl(states: Tensor, tstates: Tensor, grad: _Opt, tgrad: Tensor, psi0: Tensor,
-                potential: Tensor, control: _Opt, control_shape: _Opt, tpotential: _Opt,
-                tcontrol: _Opt, tcontrol_shape: _Opt, dt: float, dx: float, steps: int,
-                need: Sequence[bool], threads: int) -> list[Tensor]:
+                      potential: Tensor, control: _Opt, control_shape: _Opt, tpotential: _Opt,
+                      tcontrol: _Opt, tcontrol_shape: _Opt, dt: float, dx: float, steps: int,
+                      need: Sequence[bool], threads: int) -> list[Tensor]:
     """∇ of Re⟨grad, ψ⟩ + Re⟨tgrad, J·δθ⟩ wrt θ = (ψ0, V, u, W) and wrt δθ (8 tensors, empty
     where ``need`` is false). ``states``/``tstates``: the final ψ_T and J·δθ (B, n);
     ``grad``/``tgrad``: (B, n), or (B, steps+1, n) for trajectories; ``grad`` None is zero."""
