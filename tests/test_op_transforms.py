@@ -21,8 +21,6 @@ import quflow
 from conftest import dense_crank_nicolson
 
 ops = torch.ops.quflow
-# opcheck scripts a probe function; its deprecation warning is not ours
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 GRID = quflow.Grid(6, 2.0)
 DT = 0.2
 
