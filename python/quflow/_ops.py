@@ -240,13 +240,12 @@ def second_order(psi0, potential, control, control_shape, grad, cot, cfg: Config
     """
     tpsi0, tpot, tctl, tshape = (_none_if_empty(x) for x in cot)
     if tpsi0 is not None:
-        tpsi0 = tpsi0.to(psi0.dtype).contiguous()
-    steps = cfg.steps
+        tpsi0 = tpsi0.to(psi0.dtype)
     out, tout = _jvp(psi0, potential, control, control_shape, tpsi0, tpot, tctl, tshape,
-                     cfg.dt, cfg.dx, steps, cfg.trajectory, cfg.threads)
+                     cfg.dt, cfg.dx, cfg.steps, cfg.trajectory, cfg.threads)
     grads = _adjoint2(
-        _final(out, cfg.trajectory), _final(tout, cfg.trajectory), extra, grad.contiguous(),
-        psi0, potential, control, control_shape, tpot, tctl, tshape, cfg.dt, cfg.dx, steps,
+        _final(out, cfg.trajectory), _final(tout, cfg.trajectory), extra, grad, psi0,
+        potential, control, control_shape, tpot, tctl, tshape, cfg.dt, cfg.dx, cfg.steps,
         list(need) + [False] * 4, cfg.threads)
     return grads[:4], tout
 
@@ -341,8 +340,8 @@ class CrankNicolson(torch.autograd.Function):
             return None, None, None, None, None
         psi0, potential, control, control_shape, kept = ctx.saved_tensors
         need = tuple(ctx.needs_input_grad[:4])
-        grads = Backward.apply(psi0, potential, control, control_shape, grad.contiguous(),
-                               kept, ctx.cfg, _mask(need))
+        grads = Backward.apply(psi0, potential, control, control_shape, grad, kept, ctx.cfg,
+                               _mask(need))
         return (*(_maybe(g, w) for g, w in zip(grads, need)), None)
 
     @staticmethod
@@ -350,18 +349,15 @@ class CrankNicolson(torch.autograd.Function):
         psi0, potential, control, control_shape = ctx.saved_tensors
         cfg = ctx.cfg
         if tpsi0 is not None:
-            tpsi0 = tpsi0.to(psi0.dtype).contiguous()
+            tpsi0 = tpsi0.to(psi0.dtype)
         if tpotential is None and tcontrol is None and tcontrol_shape is None:
             if tpsi0 is None:
                 return None, None
             # linear in ψ0: the tangent is the propagation of δψ0 itself (one forward)
             return _forward(tpsi0, potential, control, control_shape, cfg.dt, cfg.dx,
                             cfg.steps, cfg.trajectory, cfg.threads), None
-        _, tout = _jvp(
-            psi0, potential, control, control_shape, tpsi0,
-            *(None if t is None else t.contiguous() for t in (tpotential, tcontrol,
-                                                              tcontrol_shape)),
-            cfg.dt, cfg.dx, cfg.steps, cfg.trajectory, cfg.threads)
+        _, tout = _jvp(psi0, potential, control, control_shape, tpsi0, tpotential, tcontrol,
+                       tcontrol_shape, cfg.dt, cfg.dx, cfg.steps, cfg.trajectory, cfg.threads)
         return tout, None
 
 
@@ -408,7 +404,7 @@ class Backward(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, tpsi0, tpotential, tcontrol, tcontrol_shape, tgrad, _kept, _cfg, _need):
         psi0, potential, control, control_shape, grad = ctx.saved_tensors
-        extra = None if tgrad is None else tgrad.to(grad.dtype).contiguous()
+        extra = None if tgrad is None else tgrad.to(grad.dtype)
         grads, _ = second_order(psi0, potential, control, control_shape, grad,
                                 (tpsi0, tpotential, tcontrol, tcontrol_shape), ctx.cfg,
                                 ctx.need, extra)

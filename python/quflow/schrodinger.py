@@ -198,16 +198,16 @@ def crank_nicolson(
     # once in C++ and raises ValueError("<name>: contains NaN or Inf") before computing.
     cfg = _ops.Config(dt=dt, dx=dx, steps=steps, trajectory=trajectory,
                       store=adjoint == "store", threads=0)
+    psi0, potential = psi0.contiguous(), potential.contiguous()
+    if control is not None:
+        control = control.contiguous()
     if torch.compiler.is_compiling():
         # the operator with its registered derivatives: no forward mode, no graph break
         keep = trajectory or cfg.store
-        result = torch.ops.quflow.cn_forward(psi0.contiguous(), potential.contiguous(),
-                                             control if control is None else control.contiguous(),
-                                             control_shape, dt, dx, steps, keep, cfg.threads)
+        result = torch.ops.quflow.cn_forward(psi0, potential, control, control_shape, dt, dx,
+                                             steps, keep, cfg.threads)
         if keep and not trajectory:
             result = result[:, -1]
     else:
-        result, _ = _ops.CrankNicolson.apply(psi0.contiguous(), potential.contiguous(),
-                                             None if control is None else control.contiguous(),
-                                             control_shape, cfg)
+        result, _ = _ops.CrankNicolson.apply(psi0, potential, control, control_shape, cfg)
     return result if batched else result[0]
