@@ -223,3 +223,90 @@ def test_scaled_pivots_match_the_dense_reference(cdtype, dx):
     (g_ref,) = torch.autograd.grad(ref.abs().pow(2).mul(W.double()).sum(), ref_u)
     torch.testing.assert_close(g.double(), g_ref, atol=tol * max(1.0, g_ref.abs().max().item()),
                                rtol=0)
+
+
+# ------------------------------------------------- threads: torch's OpenMP team (issue 14)
+
+OPENMP = quflow._core.thread_runtime() == "openmp"
+_TEAM_SETUP = """
+    import os, numpy as np, torch, quflow
+    from quflow import _core
+    torch.set_num_threads(2)
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+    grid = quflow.Grid(64, 2.0)
+    psi = quflow.random_states(grid, 2000, seed=0).numpy()
+    V = np.zeros((1, 64))
+    u = np.random.default_rng(1).standard_normal((2000, 20))
+    x = grid.x.numpy()
+    def step(threads=2):  # forward + backward at 2.6M point-steps each: watched calls
+        kw = dict(dt=0.1, dx=grid.dx, steps=20, threads=threads)
+        out = _core.forward_c128(psi, V, u, x, **kw)
+        grads = _core.backward_c128(psi, out, V, u, x, need_control=True,
+                                    need_control_shape=True, **kw)
+        return [out] + [g for g in grads if g is not None]
+    torch.ones(4000, 4000).add_(1)  # a parallel torch op: torch's team exists from here
+"""
+
+
+@pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
+def test_two_thread_calls_run_on_torchs_team_with_the_pools_results():
+    """With torch at 2 threads a 2-thread call starts no thread of its own (it runs on
+    torch's OpenMP workers) and gives bitwise the pool's results (same parts, same
+    ordered reduction); an explicit count above torch's runs on the pool, which starts one."""
+    done = _python(_TEAM_SETUP + """
+    before = threads()
+    team = step()
+    after_team = threads()
+    torch.set_num_threads(1)
+    pool = step(threads=2)  # above omp_get_max_threads(): the core's own pool
+    print(before, after_team, threads(), all(np.array_equal(a, b) for a, b in zip(team, pool)))
+    """)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after_team, after_pool, same = done.stdout.split()
+    assert after_team == before, done.stdout
+    assert int(after_pool) > int(before), done.stdout
+    assert same == "True", done.stdout
+
+
+@pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
+def test_a_forked_child_runs_two_thread_calls():
+    """libgomp's team does not survive fork (torch's own parallel ops hang in such a child):
+    quflow's calls there run on a new pool and give the parent's results."""
+    done = _python(_TEAM_SETUP + """
+    ref = step()
+    pid = os.fork()
+    if pid == 0:
+        same = all(np.array_equal(a, b) for a, b in zip(step(), ref))
+        os._exit(0 if same else 3)
+    print(os.waitpid(pid, 0)[1])
+    """, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0"], done.stdout
+
+
+@pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
+def test_ctrl_c_stops_a_call_on_torchs_team():
+    """On torch's team the calling thread works too and polls between its parts (each
+    ≤ 2^23 point-steps); Ctrl-C still stops a long call within a few parts."""
+    done = _python("""
+        import os, signal, threading, time, torch, quflow
+        torch.set_num_threads(2)
+        torch.ones(4000, 4000).add_(1)
+        tasks = len(os.listdir("/proc/self/task"))
+        grid = quflow.Grid(16, 2.0)
+        psi = quflow.random_states(grid, 16000, seed=0)  # 1000 parts of 16x16x32768
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        t0 = time.perf_counter()
+        try:
+            quflow.crank_nicolson(psi, dt=0.1, dx=grid.dx, steps=32768)
+            print("finished")
+        except KeyboardInterrupt:
+            print("interrupted")
+        timer.join()
+        # no pool worker was started: the call ran on torch's team
+        print(time.perf_counter() - t0 < 5, len(os.listdir("/proc/self/task")) == tasks)
+    """, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["interrupted", "True", "True"], done.stdout

@@ -427,4 +427,8 @@ PYBIND11_MODULE(_core, m) {
   bind<double>(m, "c128");
   m.def("kernel_isa", &quflow::kernel_isa,
         "Instruction set the Crank–Nicolson kernels dispatch to on this CPU.");
+  m.def("thread_runtime", &quflow::thread_runtime,
+        "Where multi-threaded calls run: 'openmp' (the process's OpenMP team, torch's, up to "
+        "omp_get_max_threads() threads; the core's own pool above that and in forked "
+        "children) or 'pool' (built without OpenMP).");
 }

@@ -25,6 +25,10 @@
 
 #include <unistd.h>  // getpid
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include "cn_kernels.hpp"
 
 namespace quflow {
@@ -173,6 +177,17 @@ constexpr auto kPollInterval = std::chrono::milliseconds(2);
 /// machine yet.
 constexpr double kMinThreadWork = double(1 << 18);
 
+/// Longest part (point-steps) a call may run on the OpenMP team while the calling thread
+/// polls between its own parts: ~8 ms at the kernels' speed, the longest a Ctrl-C then waits.
+constexpr double kTeamPartWork = double(1 << 23);
+
+#if defined(_OPENMP)
+/// The process that loaded the core. libgomp's team does not survive fork() (a forked
+/// child that enters a parallel region waits for its parent's threads forever, torch's
+/// own ops included), so a forked child runs its calls on the pool, which starts anew.
+const pid_t kLoadedPid = ::getpid();
+#endif
+
 void rethrow_first(const std::vector<std::exception_ptr>& errors) {
   for (const auto& err : errors)
     if (err) std::rethrow_exception(err);
@@ -270,8 +285,19 @@ class Pool {
 /// call returns only when no worker is still in it. If no worker can be started the
 /// calling thread runs every part itself, unwatched (as a one-thread call always could);
 /// if some but not all can, none is used and std::runtime_error says so.
+///
+/// Built with OpenMP, a call whose nt threads torch's OpenMP team would also have
+/// (nt <= omp_get_max_threads(), which torch.set_num_threads sets) runs on that team
+/// instead: torch's workers, still spinning after torch's last parallel op, take the
+/// parts at once, where a thread of our own would share a core with one of them (issue
+/// 14: 1.2-1.7x with two threads in a training loop). With `poll` the calling thread then
+/// works too and asks poll between its parts, so this path is taken only when a part
+/// (part_work point-steps) is short enough for that (kTeamPartWork); the same stop,
+/// cancel and error semantics. Explicit thread counts above torch's run on the pool, whose
+/// failure to start a thread is an error rather than libgomp's abort, and so do calls in a
+/// forked child (kLoadedPid).
 template <class Fn>
-void parallel_parts(int parts, int nt, const Poll* poll, int* stop, Fn&& fn) {
+void parallel_parts(int parts, int nt, const Poll* poll, int* stop, double part_work, Fn&& fn) {
   std::vector<std::exception_ptr> errors(parts);
   auto halt = [stop] { __atomic_store_n(stop, 1, __ATOMIC_RELAXED); };
   int next = 0;  // the next part to run (atomic)
@@ -293,6 +319,48 @@ void parallel_parts(int parts, int nt, const Poll* poll, int* stop, Fn&& fn) {
     rethrow_first(errors);
     return;
   }
+#if defined(_OPENMP)
+  if (nt > 1 && nt <= omp_get_max_threads() && !omp_in_parallel() &&
+      (!poll || part_work <= kTeamPartWork) && ::getpid() == kLoadedPid) {
+    bool cancelled = false;
+    std::exception_ptr poll_error;
+#pragma omp parallel num_threads(nt)
+    {
+      const int who = omp_get_thread_num();
+      if (who == 0 && poll) {
+        // the calling thread: parts, and a poll whenever kPollInterval has passed
+        auto last = std::chrono::steady_clock::now();
+        for (;;) {
+          const auto now = std::chrono::steady_clock::now();
+          if (!cancelled && now - last >= kPollInterval) {
+            last = now;
+            try {  // the main thread's poll (the only one polled) is never unwound
+              cancelled = (*poll)();
+            } catch (...) {
+              poll_error = std::current_exception();
+              cancelled = true;
+            }
+            if (cancelled) halt();
+          }
+          const int part = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+          if (part >= parts) break;
+          try {
+            fn(part, 0);
+          } catch (...) {
+            errors[part] = std::current_exception();
+            halt();
+          }
+        }
+      } else if (who < nt) {
+        run_parts(who);
+      }
+    }
+    if (poll_error) std::rethrow_exception(poll_error);
+    if (cancelled) throw Cancelled();
+    rethrow_first(errors);
+    return;
+  }
+#endif
   Pool& pool = Pool::get();
   std::string why;
   std::vector<Pool::Worker*> workers = pool.acquire(nt - first_worker, &why);
@@ -362,8 +430,9 @@ void parallel_parts(int parts, int nt, const Poll* poll, int* stop, Fn&& fn) {
 /// nt threads (see parallel_parts: without `poll` the calling thread is one of them; the
 /// same poll, cancel, stop and worker-failure semantics).
 template <class Body>
-void parallel_blocks(Index blocks, int nt, const Poll* poll, int* stop, Body&& body) {
-  parallel_parts(nt, nt, poll, stop, [&](int t, int) {
+void parallel_blocks(Index blocks, int nt, const Poll* poll, int* stop, double work,
+                     Body&& body) {
+  parallel_parts(nt, nt, poll, stop, work / nt, [&](int t, int) {
     body(blocks * t / nt, blocks * (t + 1) / nt, t);
   });
 }
@@ -404,11 +473,16 @@ int thread_count(Index blocks, int threads) {
   return static_cast<int>(std::max<Index>(1, std::min<Index>(threads, blocks)));
 }
 
+/// A call's work in point-steps (batch · n · steps).
+template <class T>
+double work(const System<T>& sys) {
+  return double(sys.batch) * double(sys.n) * double(std::max<Index>(sys.steps, 1));
+}
+
 /// thread_count, and no more threads than give each kMinThreadWork point-steps.
 template <class T>
 int thread_count(const System<T>& sys, Index blocks, int threads) {
-  const double work = double(sys.batch) * double(sys.n) * double(std::max<Index>(sys.steps, 1));
-  const double most = std::max(1.0, std::floor(work / kMinThreadWork));
+  const double most = std::max(1.0, std::floor(work(sys) / kMinThreadWork));
   return thread_count(blocks, static_cast<int>(std::min<double>(threads, most)));
 }
 
@@ -448,8 +522,7 @@ void check_state(const System<T>& sys, const typename System<T>::Bounds& bounds,
 /// The poll to watch a call with, or null when the call is too short to need one.
 template <class T>
 const Poll* watch(const System<T>& sys, const Poll& poll) {
-  const double work = double(sys.batch) * double(sys.n) * double(std::max<Index>(sys.steps, 1));
-  return poll && work >= kPollWork ? &poll : nullptr;
+  return poll && work(sys) >= kPollWork ? &poll : nullptr;
 }
 
 template <class T, int W>
@@ -462,7 +535,8 @@ void forward_w(const System<T>& sys, const std::complex<T>* psi0, std::complex<T
   const auto kernel = forward_kernel<T, W>();
   Workspaces<T> ws(sys.n, W, nt);
   // one part per block, taken by whichever thread is free
-  parallel_parts(static_cast<int>(blocks), nt, watch(sys, poll), &sh.stop, [&](int ib, int who) {
+  parallel_parts(static_cast<int>(blocks), nt, watch(sys, poll), &sh.stop,
+                 work(sys) / double(blocks), [&](int ib, int who) {
     kernel(sh.view, ws.get(who), Index(ib) * W, std::min<Index>(W, sys.batch - Index(ib) * W),
            psi0, out, trajectory);
   });
@@ -487,7 +561,8 @@ void backward_w(const System<T>& sys, const std::complex<T>* states, bool states
   std::vector<Vec<T>> acc_u(chunks, Vec<T>::Zero(sys.control_rows == 1 && grads.control
                                                      ? sys.steps : 0));
   Workspaces<T> ws(n, W, nt);
-  parallel_parts(chunks, nt, watch(sys, poll), &sh.stop, [&](int c, int who) {
+  parallel_parts(chunks, nt, watch(sys, poll), &sh.stop, work(sys) / chunks,
+                 [&](int c, int who) {
     KernelWork<T>& wk = ws.get(who);
     for (Index ib = blocks * c / chunks; ib < blocks * (c + 1) / chunks; ++ib)
       kernel(sh.view, wk, ib * W, std::min<Index>(W, sys.batch - ib * W), states,
@@ -514,7 +589,7 @@ void jvp_w(const System<T>& sys, const Tangents<T>& tan, const std::complex<T>* 
   SharedData<T> sh(sys, bounds, &tan);
   const Index blocks = (sys.batch + W - 1) / W;
   const auto kernel = jvp_kernel<T, W>();
-  parallel_blocks(blocks, thread_count(blocks, threads), watch(sys, poll), &sh.stop,
+  parallel_blocks(blocks, thread_count(blocks, threads), watch(sys, poll), &sh.stop, work(sys),
                   [&](Index first, Index last, int) {
     WorkData<T> wk(sys.n, W, true);
     for (Index ib = first; ib < last; ++ib)
@@ -539,7 +614,8 @@ void adjoint2_w(const System<T>& sys, const Tangents<T>& tan, const std::complex
                           tan.control_rows == 1 ? sys.steps : 0, n};
   std::vector<std::vector<Vec<T>>> acc(6);
   for (int a = 0; a < 6; ++a) acc[a].assign(nt, Vec<T>::Zero(sizes[a]));
-  parallel_blocks(blocks, nt, watch(sys, poll), &sh.stop, [&](Index first, Index last, int t) {
+  parallel_blocks(blocks, nt, watch(sys, poll), &sh.stop, work(sys),
+                  [&](Index first, Index last, int t) {
     WorkData<T> wk(n, W, true);
     T* mine[6];
     for (int a = 0; a < 6; ++a) mine[a] = acc[a][t].data();
@@ -589,6 +665,14 @@ void with_lanes(Index batch, bool wide, Run&& run) {
 }  // namespace
 
 const char* kernel_isa() { return use_avx2() ? "avx2" : "baseline"; }
+
+const char* thread_runtime() {
+#if defined(_OPENMP)
+  return "openmp";
+#else
+  return "pool";
+#endif
+}
 
 template <class T>
 void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<T>* out,

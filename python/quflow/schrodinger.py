@@ -113,7 +113,11 @@ def crank_nicolson(
 
     Notes:
         Batches are split into blocks of SIMD lanes and spread over
-        ``torch.get_num_threads()`` threads with the GIL released. With no control and a
+        ``torch.get_num_threads()`` threads with the GIL released; in a build with OpenMP
+        (``quflow._core.thread_runtime() == "openmp"``, the default) those are torch's own
+        OpenMP threads, so quflow and torch take turns on the cores instead of competing
+        for them (forked children and explicit counts above torch's use quflow's own
+        pool). Results depend on the thread count only. With no control and a
         single shared potential the tridiagonal factorisation is computed once for all
         states and steps. Used by the prediction and control experiments of Schnell &
         Thuerey, "A Gradient Flow Modification to Improve Learning from Differentiable

@@ -275,4 +275,8 @@ void cn_adjoint2(const System<T>& sys, const Tangents<T>& tan, const std::comple
 /// Name of the instruction-set variant the kernels dispatch to on this CPU ("avx2" or "baseline").
 const char* kernel_isa();
 
+/// Where multi-threaded calls run: "openmp" (built with OpenMP: the process's OpenMP team,
+/// torch's, for up to omp_get_max_threads() threads, else the core's own pool) or "pool".
+const char* thread_runtime();
+
 }  // namespace quflow
