@@ -15,6 +15,7 @@ differences are named); 4 ``--resume`` refused: a damaged or edited checkpoint (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -231,7 +232,7 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
     """
     from .experiments import _io, _plots, _training, toy
 
-    rank, _ = _training.world()
+    rank, size = _training.world()
     trained = [s for s in setups if s != "toy"]
     if resume:  # refuse before any run writes anything
         for s in trained:
@@ -247,28 +248,44 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
         name = s.experiment.name
         total[name] = total.get(name, 0) + s.epochs * len(s.configs())
         prior[name] = s.experiment.seconds_per_epoch
-    bar = _training.Progress(total, prior, sum(len(s.configs()) for s in trained),
-                             enabled=progress)
-    for s in setups:
-        start = time.perf_counter()
-        if s == "toy":
-            if rank != 0:
-                continue
-            if progress:
-                print("== toy: gradient descent on θ from θ₀ = π/2 − δ, δ = 1e-2, 1e-4, 1e-6",
-                      flush=True)
-            key, entry = "toy", toy.run(out, quick=quick)
-        else:
-            if progress and rank == 0:
-                print(f"== {s.describe()}", flush=True)
-            key, entry = s.key, s.run(out, resume=resume, progress=bar, jobs=jobs)
-        if rank == 0:
-            results[key] = entry
-            _io.write_json(results_path, results)
-            _plots.summary({k: v for k, v in results.items() if k != "toy"},
-                           out / "summary.png")
-            if progress:
-                print(f"   {key} done in {time.perf_counter() - start:.1f} s", flush=True)
+    runs = sum(len(s.configs()) for s in trained)
+    bar = _training.Progress(total, prior, runs, enabled=progress)
+    # With jobs > 1 every setup's runs queue at once on one set of workers, so that one
+    # setup's last runs, its figures and the toy overlap the next setup's training.
+    shared = jobs > 1 and size == 1 and runs > 1
+    with _training.Workers(min(jobs, runs)) if shared else contextlib.nullcontext() as workers:
+        started = [s.start(out, resume=resume, workers=workers) for s in trained] \
+            if shared else None
+        bar.reset_clock()
+        t0 = time.perf_counter()
+        for s in setups:
+            start = time.perf_counter()
+            if s == "toy":
+                if rank != 0:
+                    continue
+                if progress:
+                    print("== toy: gradient descent on θ from θ₀ = π/2 − δ, δ = 1e-2, 1e-4, "
+                          "1e-6", flush=True)
+                key, entry = "toy", toy.run(out, quick=quick)
+            else:
+                if progress and rank == 0:
+                    print(f"== {s.describe()}", flush=True)
+                key = s.key
+                if shared:
+                    entry = s.finish(out, started[trained.index(s)], resume=resume,
+                                     progress=bar)
+                else:
+                    entry = s.run(out, resume=resume, progress=bar, jobs=jobs)
+            if rank == 0:
+                results[key] = entry
+                _io.write_json(results_path, results)
+                _plots.summary({k: v for k, v in results.items() if k != "toy"},
+                               out / "summary.png")
+                if progress:
+                    # with shared workers a setup's runs may have started with the first
+                    print(f"   {key} done in {time.perf_counter() - start:.1f} s"
+                          + (f" ({time.perf_counter() - t0:.1f} s since the start)"
+                             if shared else ""), flush=True)
     return results
 
 

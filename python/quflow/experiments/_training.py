@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -322,6 +322,19 @@ class Setup:
         run seeds itself, so the results do not depend on ``jobs``); writes checkpoints,
         ``<key>.csv``, ``<key>.png`` and ``<key>-gradients.png``; returns the results.json
         entry."""
+        configs = self.configs()
+        if jobs > 1 and world()[1] == 1 and len(configs) > 1:
+            with Workers(min(jobs, len(configs))) as workers:
+                started = self.start(out, resume=resume, workers=workers)
+                progress.reset_clock()
+                return self.finish(out, started, resume=resume, progress=progress)
+        return self.finish(out, self.start(out), resume=resume, progress=progress)
+
+    def start(self, out: Path, *, resume: bool = False,
+              workers: "Workers | None" = None) -> "_Started":
+        """Makes the data and writes the manifest; with ``workers``, queues every run there
+        (several setups may queue on one :class:`Workers`, so that one's last runs and
+        figures overlap the next one's training). :meth:`finish` completes it."""
         e = self.experiment
         rank, size = world()
         if e.batch_size % size:
@@ -335,42 +348,37 @@ class Setup:
             (out / "checkpoints").mkdir(parents=True, exist_ok=True)
             _io.remove_stale_temporaries(out / "checkpoints")
             _io.write_json(out / "checkpoints" / f"{self.key}.json", self.manifest())
-        curves = {m: [] for m in GRADIENTS}
         configs = self.configs()
-        if jobs > 1 and size == 1 and len(configs) > 1:
+        futures = None
+        if workers is not None:
             threads = torch.get_num_threads()
-            (pool, stop), futures = _worker_pool(min(jobs, len(configs))), []
-            try:
-                futures = [pool.submit(_train_in_worker, self, cfg, out, resume, train_set,
-                                       val_set, probe, threads) for cfg in configs]
-                progress.reset_clock()
-                for cfg, future in zip(configs, futures):
-                    curves[cfg.method].append(future.result())
-                    progress.finished(f"{self.key} {cfg.method} seed {cfg.seed}", e.name,
-                                      cfg.epochs, curves[cfg.method][-1])
-            except BaseException:
-                # Ctrl-C (or a failed run): no further runs start, and the running ones get
-                # SIGINT too, so each saves its last completed epoch (train's handler)
-                stop.set()
-                for future in futures:
-                    future.cancel()
-                for proc in list(getattr(pool, "_processes", {}).values()):
-                    if proc.is_alive():
-                        os.kill(proc.pid, signal.SIGINT)
-                raise
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+            futures = [workers.submit(_train_in_worker, self, cfg, out, resume, train_set,
+                                      val_set, probe, threads) for cfg in configs]
+        return _Started(train_set, val_set, probe, configs, futures)
+
+    def finish(self, out: Path, started: "_Started", *, resume: bool,
+               progress: "Progress") -> dict:
+        """Collects the queued runs (or trains them here, in order), then writes
+        ``<key>.csv`` and the figures; returns the results.json entry."""
+        e = self.experiment
+        curves = {m: [] for m in GRADIENTS}
+        if started.futures is not None:
+            for cfg, future in zip(started.configs, started.futures):
+                curves[cfg.method].append(future.result())
+                progress.finished(f"{self.key} {cfg.method} seed {cfg.seed}", e.name,
+                                  cfg.epochs, curves[cfg.method][-1])
         else:
-            for cfg in configs:
+            for cfg in started.configs:
                 on_epoch = progress.start(f"{self.key} {cfg.method} seed {cfg.seed}", e.name,
                                           cfg.epochs)
                 curves[cfg.method].append(train(
-                    cfg, lambda: mlp(e.inputs, e.outputs, e.hidden), e.batch_loss, train_set,
-                    val_set, self.checkpoint(out, cfg), resume, probe=probe, on_epoch=on_epoch))
+                    cfg, lambda: mlp(e.inputs, e.outputs, e.hidden), e.batch_loss,
+                    started.train_set, started.val_set, self.checkpoint(out, cfg), resume,
+                    probe=started.probe, on_epoch=on_epoch))
                 progress.done(curves[cfg.method][-1])
         results = _stats.summarise(curves, list(range(self.seeds)), epochs=self.epochs,
                                    setup=self.settings)
-        if rank == 0:
+        if world()[0] == 0:
             rows = [["method", "seed", "epoch", "train_loss", "val_loss", "cos_standard_modified",
                      "grad_norm_standard", "grad_norm_modified"]]
             for m, runs in curves.items():
@@ -383,15 +391,56 @@ class Setup:
         return results
 
 
-def _worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    """Worker processes for independent runs: forked where the platform can (no re-import;
-    the parent holds no intra-op thread pool at one thread), spawned elsewhere."""
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    stop = context.Event()
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                  initializer=_worker_init, initargs=(stop,))
-    return pool, stop
+class _Started(NamedTuple):
+    """A setup between :meth:`Setup.start` and :meth:`Setup.finish`."""
+    train_set: tuple
+    val_set: tuple
+    probe: tuple
+    configs: list
+    futures: list | None  # one per config when queued on Workers
+
+
+class Workers:
+    """Worker processes for independent runs, shared by every setup of a reproduction: a
+    context manager. Forked where the platform can (no re-import; the parent holds no
+    intra-op thread pool at one thread), spawned elsewhere. Leaving it on an exception
+    (Ctrl-C, a failed run): no queued run starts, and the running ones get SIGINT too, so
+    each saves its last completed epoch (train's handler); it returns once all have ended.
+    """
+
+    def __init__(self, workers: int) -> None:
+        # torch.optim imports torch._dynamo (~1.6 s) on a process's first optimiser: once
+        # here, before the workers fork, rather than once in each of them
+        import torch._dynamo  # noqa: F401
+
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+        self._stop = context.Event()
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_worker_init, initargs=(self._stop,))
+        self._futures: list[concurrent.futures.Future] = []
+
+    def submit(self, fn, *args) -> concurrent.futures.Future:
+        future = self._pool.submit(fn, *args)
+        self._futures.append(future)
+        return future
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is not None:
+                self._stop.set()
+                for future in self._futures:
+                    future.cancel()
+                procs = getattr(self._pool, "_processes", None) or {}
+                for proc in list(procs.values()):
+                    if proc.is_alive():
+                        os.kill(proc.pid, signal.SIGINT)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        return False
 
 
 _TRAINING = False  # in a worker: a run is in progress
