@@ -172,10 +172,12 @@ constexpr double kPollWork = double(1 << 21);
 /// How often the calling thread asks the poll callback while workers run.
 constexpr auto kPollInterval = std::chrono::milliseconds(2);
 /// Work (point-steps) each thread of a call must get, else the call uses fewer threads:
-/// ~0.2 ms of kernel time at ~1 G point-steps/s, well above the cost of waking a sleeping
-/// pool worker (tens of µs). An estimate: the crossover has not been measured on a quiet
-/// machine yet.
-constexpr double kMinThreadWork = double(1 << 18);
+/// ~30 µs of kernel time. Measured on torch's OpenMP team (issue 14, n = 20 … 64,
+/// forward+backward with a matmul between calls, 2 vs 1 threads): 1.15–1.5× from 100k
+/// point-steps up, 1.05–1.2× at 64k; with the former 2^18 calls below 512k point-steps
+/// stayed on one thread (0.9–1.15×). Rarer calls on the pool wake sleeping threads (tens
+/// of µs) for the same amount.
+constexpr double kMinThreadWork = double(1 << 15);
 
 /// Longest part (point-steps) a call may run on the OpenMP team while the calling thread
 /// polls between its own parts: ~8 ms at the kernels' speed, the longest a Ctrl-C then waits.
