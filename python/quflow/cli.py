@@ -275,7 +275,7 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
                     entry = s.finish(out, started[trained.index(s)], resume=resume,
                                      progress=bar)
                 else:
-                    entry = s.run(out, resume=resume, progress=bar, jobs=jobs)
+                    entry = s.run(out, resume=resume, progress=bar)
             if rank == 0:
                 results[key] = entry
                 _io.write_json(results_path, results)

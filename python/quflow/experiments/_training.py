@@ -317,17 +317,11 @@ class Setup:
             if ckpt.exists():
                 load_run(cfg, ckpt)
 
-    def run(self, out: Path, *, resume: bool, progress: "Progress", jobs: int = 1) -> dict:
-        """Trains every (gradient, seed) run, ``jobs`` at a time in worker processes (each
-        run seeds itself, so the results do not depend on ``jobs``); writes checkpoints,
-        ``<key>.csv``, ``<key>.png`` and ``<key>-gradients.png``; returns the results.json
-        entry."""
-        configs = self.configs()
-        if jobs > 1 and world()[1] == 1 and len(configs) > 1:
-            with Workers(min(jobs, len(configs))) as workers:
-                started = self.start(out, resume=resume, workers=workers)
-                progress.reset_clock()
-                return self.finish(out, started, resume=resume, progress=progress)
+    def run(self, out: Path, *, resume: bool, progress: "Progress") -> dict:
+        """Trains every (gradient, seed) run here, one after the other (worker processes:
+        :meth:`start` with :class:`Workers`, then :meth:`finish`; each run seeds itself, so
+        the results are the same); writes checkpoints, ``<key>.csv``, ``<key>.png`` and
+        ``<key>-gradients.png``; returns the results.json entry."""
         return self.finish(out, self.start(out), resume=resume, progress=progress)
 
     def start(self, out: Path, *, resume: bool = False,
