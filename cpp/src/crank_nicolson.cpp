@@ -303,8 +303,10 @@ void parallel_parts(int parts, int nt, const Poll* poll, int* stop, double part_
   std::vector<std::exception_ptr> errors(parts);
   auto halt = [stop] { __atomic_store_n(stop, 1, __ATOMIC_RELAXED); };
   int next = 0;  // the next part to run (atomic)
-  auto run_parts = [&](int who) {
+  // runs parts until none is left, calling before_part() ahead of taking each
+  auto run_parts_with = [&](int who, auto&& before_part) {
     for (;;) {
+      before_part();
       const int part = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
       if (part >= parts) return;
       try {
@@ -315,6 +317,7 @@ void parallel_parts(int parts, int nt, const Poll* poll, int* stop, double part_
       }
     }
   };
+  auto run_parts = [&](int who) { run_parts_with(who, [] {}); };
   const int first_worker = poll ? 0 : 1;
   if (first_worker == nt) {
     run_parts(0);
@@ -332,27 +335,18 @@ void parallel_parts(int parts, int nt, const Poll* poll, int* stop, double part_
       if (who == 0 && poll) {
         // the calling thread: parts, and a poll whenever kPollInterval has passed
         auto last = std::chrono::steady_clock::now();
-        for (;;) {
+        run_parts_with(0, [&] {
           const auto now = std::chrono::steady_clock::now();
-          if (!cancelled && now - last >= kPollInterval) {
-            last = now;
-            try {  // the main thread's poll (the only one polled) is never unwound
-              cancelled = (*poll)();
-            } catch (...) {
-              poll_error = std::current_exception();
-              cancelled = true;
-            }
-            if (cancelled) halt();
-          }
-          const int part = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
-          if (part >= parts) break;
-          try {
-            fn(part, 0);
+          if (cancelled || now - last < kPollInterval) return;
+          last = now;
+          try {  // the main thread's poll (the only one polled) is never unwound
+            cancelled = (*poll)();
           } catch (...) {
-            errors[part] = std::current_exception();
-            halt();
+            poll_error = std::current_exception();
+            cancelled = true;
           }
-        }
+          if (cancelled) halt();
+        });
       } else if (who < nt) {
         run_parts(who);
       }
