@@ -96,8 +96,8 @@ def main() -> None:
     params = list(model.parameters())
     saved = [p.detach().clone() for p in params]
     optims = {"Adam, default (per-tensor)": torch.optim.Adam(params, lr=1e-9, foreach=False),
-              "Adam, foreach (quflow reproduce)": torch.optim.Adam(params, lr=1e-9, foreach=True),
-              "Adam, fused": torch.optim.Adam(params, lr=1e-9, fused=True),
+              "Adam, foreach": torch.optim.Adam(params, lr=1e-9, foreach=True),
+              "Adam, fused (quflow reproduce)": torch.optim.Adam(params, lr=1e-9, fused=True),
               "SGD, default (per-tensor; quflow reproduce)": torch.optim.SGD(params, lr=1e-9, foreach=False),
               "SGD, fused": torch.optim.SGD(params, lr=1e-9, fused=True)}
     r = bench({k: o.step for k, o in optims.items()}, reps=100)
@@ -126,7 +126,7 @@ def main() -> None:
           bench({"one batched forward (quflow reproduce)": batched,
                  "one forward per set": per_set}, reps=5), "one forward per set")
 
-    opt = torch.optim.Adam(params, lr=0.005, foreach=True)
+    opt = _training.make_optimizer("adam", params, 0.005)
     opt.step()
     cfg = _training.RunConfig("prediction", "modified", 0, 150, 0.005, 200)
     curves = {k: [0.5] * 151 for k in _training._CURVES}

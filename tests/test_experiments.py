@@ -378,10 +378,14 @@ def _reference_train(cfg, make_model, batch_loss, train_set, val_set):
     ("prediction", "adam", "modified"), ("prediction", "sgd", "standard"),
     ("control", "adam", "l2"), ("control", "sgd", "modified")])
 def test_training_equals_the_reference_harness(experiment, optimizer, method):
-    """Issue 14's speedups change no result: Adam's foreach step trains the network bitwise
-    like torch's default per-tensor step (SGD keeps the default), and the one batched evaluation
-    of both sets gives the losses of one evaluation per set to 1e-12 relative (the batch
-    shape changes the rounding of the mean and of the matrix products)."""
+    """Issue 14's speedups change no result beyond round-off: SGD (the default step) trains
+    the network bitwise like the reference; Adam's fused step orders its arithmetic
+    differently, and after 3 epochs (9 steps of prediction, 180 of control) the parameters
+    agree to 1e-12 relative to the largest one (seen: 2e-16 and 4e-15; differences grow
+    with training, as any change at round-off does in these chaotic runs); the
+    one batched evaluation of both sets gives the losses of one evaluation per set to 1e-12
+    relative (the batch shape changes the rounding of the mean and of the matrix
+    products)."""
     e = {"prediction": prediction, "control": control}[experiment].EXPERIMENT
     (x, y), (xv, yv) = e.make_data(states=e.states, real=e.real_states, target=e.target)
     data = ((x[:300], y[:300]), (xv[:50], yv[:50]))
@@ -392,8 +396,12 @@ def test_training_equals_the_reference_harness(experiment, optimizer, method):
     models = []
     got = _training.train(cfg, lambda: models.append(make()) or models[-1], e.batch_loss, *data,
                           ckpt=None, resume=False)
-    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in models[0].parameters()]),
-                       want_params)
+    params = torch.cat([p.detach().reshape(-1) for p in models[0].parameters()])
+    if optimizer == "sgd":
+        assert torch.equal(params, want_params)
+    else:
+        err = ((params - want_params).abs().max() / want_params.abs().max()).item()
+        assert err < 1e-12
     for k in ("train", "val"):
         assert got[k] == pytest.approx(want[k], rel=1e-12, abs=0)
 

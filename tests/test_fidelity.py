@@ -98,8 +98,14 @@ def test_target_broadcasts_over_the_batch():
 
 # ---------------------------------------------------------------- gradients
 
+@pytest.mark.parametrize("path", ["direct", "scaled"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_standard_gradient_passes_gradcheck(reduction):
+def test_standard_gradient_passes_gradcheck(reduction, path, monkeypatch):
+    """Both backward paths (the direct formulas inside _DIRECT_NORMS, the unit vectors
+    outside it: forced here by refusing the direct terms), first and second order."""
+    if path == "scaled":
+        from quflow import fidelity
+        monkeypatch.setattr(fidelity, "_direct_terms", lambda p, t: None)
     p = _states((3, 4), seed=10).requires_grad_()
     t = _states((3, 4), seed=11).requires_grad_()
     assert torch.autograd.gradcheck(
@@ -285,6 +291,41 @@ def test_direct_and_scaled_values_agree_across_the_direct_range(dtype):
             assert (direct is None) == (c in (lo / 2, hi * 2)), c
             out = quflow.fidelity_loss(pc, tc, reduction="none")
             torch.testing.assert_close(out, ref, atol=tol, rtol=0, msg=f"scale {c}")
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("gradient", ["standard", "modified"])
+def test_direct_and_scaled_gradients_agree_across_the_direct_range(dtype, gradient):
+    """The backward's direct formulas (per-sample coefficients, inside _DIRECT_NORMS) and
+    its unit-vector formulas (outside) give the same gradients to round-off, on either side
+    of each bound, for ∂p and ∂t alone and together; tolerances relative to the largest
+    component: 1e-14 (double), 1e-5 (float)."""
+    from quflow import fidelity
+    lo, hi = fidelity._DIRECT_NORMS[torch.float32 if dtype == torch.complex64 else torch.float64]
+    p, t = _states((6, 5), dtype, 44), _states((6, 5), dtype, 45)
+    p, t = p / p.abs().pow(2).sum(-1, keepdim=True).sqrt(), t / t.abs().pow(2).sum(-1, keepdim=True).sqrt()
+    g = _states((6,), torch.complex128, 46).real.to(p.real.dtype)[..., None]
+    tol = 1e-14 if dtype == torch.complex128 else 1e-5
+
+    class Ctx:  # what autograd hands _Fidelity.backward
+        mode, checks = gradient, False
+
+    def scaled(pc, tc, need):
+        Ctx.saved_tensors, Ctx.needs_input_grad = (pc, tc), need
+        return fidelity._Fidelity.backward(Ctx, g[..., 0])[:2]
+
+    for c in (lo / 2, lo * 2, 1.0, hi / 2, hi * 2):
+        for pc, tc in ((p * c, t), (p, t * c), (p * c, t * c)):
+            for need in ((True, False), (False, True), (True, True)):
+                direct = fidelity._direct_gradients(pc, tc, g, gradient, *need)
+                assert (direct is None) == (c in (lo / 2, hi * 2)), c
+                if direct is None:
+                    continue
+                for got, want, needed in zip(direct, scaled(pc, tc, need), need):
+                    assert (got is None) == (want is None) == (not needed)
+                    if needed:
+                        err = ((got - want).abs().max() / want.abs().max()).item()
+                        assert err < tol, f"scale {c}, {need}: relative error {err:.1e}"
 
 
 @pytest.mark.parametrize("requires_grad", [False, True])

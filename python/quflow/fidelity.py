@@ -96,16 +96,56 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.view_as_real(x.resolve_conj()), dim=(-2, -1))
 
 
-def _direct_value(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
-    """``1 − (|⟨t,p⟩|/(‖p‖‖t‖))²`` in five ops, or ``None`` if some norm lies outside
-    ``_DIRECT_NORMS`` (NaN, Inf and zero samples included). One ``(2, ...)`` clamp and
-    one comparison decide: O(batch) work, no extra pass over the states."""
-    s = torch.linalg.vecdot(t, p)  # Σ conj(t)·p: (...)
+def _direct_terms(p: torch.Tensor, t: torch.Tensor):
+    """``(⟨t,p⟩, ‖p‖, ‖t‖)`` over the last axis, or ``None`` if some norm lies outside
+    ``_DIRECT_NORMS`` (NaN, Inf and zero samples included). One ``(2, ...)`` clamp and one
+    comparison decide: O(batch) work, no extra pass over the states."""
     norms = torch.stack((_norm(p), _norm(t)))  # (2, ...)
     lo, hi = _DIRECT_NORMS[norms.dtype]
     if not torch.equal(norms.clamp(lo, hi), norms):  # NaN ≠ NaN: NaN/Inf fall through too
         return None
-    return (s.abs() / (norms[0] * norms[1])).square_().neg_().add_(1)  # = 1 − (…)² exactly
+    return torch.linalg.vecdot(t, p), norms[0], norms[1]  # vecdot: Σ conj(t)·p
+
+
+def _direct_value(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor | None:
+    """``1 − (|⟨t,p⟩|/(‖p‖‖t‖))²`` in five ops, or ``None`` outside ``_DIRECT_NORMS``."""
+    terms = _direct_terms(p, t)
+    if terms is None:
+        return None
+    s, np_, nt = terms
+    return (s.abs() / (np_ * nt)).square_().neg_().add_(1)  # = 1 − (…)² exactly
+
+
+def _direct_gradients(p: torch.Tensor, t: torch.Tensor, g: torch.Tensor, mode: str,
+                      need_p: bool, need_t: bool):
+    """The standard and modified gradients of :class:`_Fidelity` with the norms divided
+    out per sample instead of forming the unit vectors, or ``None`` outside
+    ``_DIRECT_NORMS`` (then :func:`_unit` runs). With s = ⟨t,p⟩, a = ‖p‖, b = ‖t‖ and
+    ŝ = s/(ab), every term is a per-sample coefficient times ``p`` or ``t``:
+      standard  ∂p = −2g (ŝ/(ab)·t − |ŝ|²/a²·p),  ∂t = −2g (ŝ̄/(ab)·p − |ŝ|²/b²·t)
+      modified  ∂p = −2g φ/(ab) (t − s̄/a²·p),     ∂t = −2g φ̄/(ab) (p − s/b²·t)
+    Inside the range every coefficient and product stays finite and normal (the bounds'
+    derivation above), so these agree with the unit-vector forms to round-off
+    (tests/test_fidelity.py) at a quarter of their cost: two passes over the states for
+    the sums, two for each gradient."""
+    terms = _direct_terms(p, t)
+    if terms is None:
+        return None
+    s, a, b = (x[..., None] for x in terms)
+    ab = a * b
+    if mode == "standard":
+        s_hat = s / ab
+        k = -2 * g
+        c = k * s_hat / ab  # coefficient of t in ∂p (conj: of p in ∂t)
+        s2 = k * s_hat.abs().square()
+        gp = c * t - (s2 / a.square()) * p if need_p else None
+        gt = c.conj() * p - (s2 / b.square()) * t if need_t else None
+        return gp, gt
+    phase = torch.polar(torch.ones_like(s.real), torch.atan2(s.imag, s.real))
+    c = (-2 * g / ab) * phase
+    gp = c * t - (c * (s.conj() / a.square())) * p if need_p else None
+    gt = c.conj() * p - (c.conj() * (s / b.square())) * t if need_t else None
+    return gp, gt
 
 
 def _scaled_value(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -133,7 +173,9 @@ class _Fidelity(torch.autograd.Function):
     lies in _DIRECT_NORMS (the same value to round-off, at the cost of the plain torch
     expression), otherwise, and always inside torch.compile (no data-dependent branch), on
     the unit vectors p̂ = p/‖p‖, t̂ = t/‖t‖ (see _unit), right for any finite non-zero
-    scale of p and t. The gradients are always computed on the unit vectors. With
+    scale of p and t. The gradients take the same two paths (_direct_gradients: the
+    norms divided out per sample, in eager mode inside _DIRECT_NORMS; the unit vectors
+    otherwise). With
     ŝ = ⟨t̂, p̂⟩ and g = ∂(loss)/∂L_i:
       standard  ∂p = −2g (ŝ·t̂ − |ŝ|²·p̂)/‖p‖,      ∂t = −2g (ŝ̄·p̂ − |ŝ|²·t̂)/‖t‖
       modified  ∂p = −2g φ (t̂ − ŝ̄·p̂)/‖p‖,        ∂t = −2g φ̄ (p̂ − ŝ·t̂)/‖t‖,
@@ -158,6 +200,7 @@ class _Fidelity(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         p, t, settings = inputs
         ctx.mode = settings.mode
+        ctx.checks = settings.checks
         ctx.save_for_backward(p, t)
 
     @staticmethod
@@ -168,6 +211,10 @@ class _Fidelity(torch.autograd.Function):
         if ctx.mode == "l2":
             d = p - t
             return (g * d if need_p else None), (-g * d if need_t else None), None
+        if ctx.checks:
+            direct = _direct_gradients(p, t, g, ctx.mode, need_p, need_t)
+            if direct is not None:
+                return (*direct, None)
         p_hat, mp, rp = _unit(p)
         t_hat, mt, rt = _unit(t)
         s = (t_hat.conj() * p_hat).sum(-1, keepdim=True)
@@ -259,8 +306,11 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "
     ``2^255``; float: ``2^-19`` to ``2^31``), checked on the ``B`` norms alone: NaN, Inf
     and zero samples fall outside it too, and only then are the inputs searched, so that
     the error names the argument. Otherwise the value is computed on the unit vectors (see
-    above), as are all gradients. Under :func:`torch.compile` (``fullgraph=True`` works,
-    backward included) the value is always the scaled one and the data-dependent checks
+    above). The standard and modified gradients take the same two paths: per-sample
+    coefficients times ``p`` and ``t`` inside the range (about a quarter of the cost of
+    forming the unit vectors), the unit vectors outside it; the two agree to round-off.
+    Under :func:`torch.compile` (``fullgraph=True`` works, backward included) the value
+    and the gradients are always the scaled ones and the data-dependent checks
     (NaN/Inf, zero norm) are skipped, since raising on data would break the graph: a NaN
     input gives a NaN loss, a zero sample a loss of 1. Shapes, dtypes and options are
     checked in both modes.
