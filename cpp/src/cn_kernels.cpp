@@ -446,7 +446,8 @@ class Block {
   /// Flops per point and lane, constant H: 14 (eliminate g) + 8 (λ) + 10 (g_k) = 32,
   /// + 26 to rebuild ψ_k, + 6 for ∂L/∂d and 1 (gv), 2 (gw), 2 (du) per accumulator;
   /// variable H adds 2·2 (h·d), 10 (pivot; 13 scaled), 2 (m̃) and, rebuilding, 4 (α̃):
-  /// 58 / 65 (constant H, without / with ∂L/∂V), 89 (variable H, every accumulator).
+  /// 58 / 65 (constant H, without / with ∂L/∂V), 89 (variable H, every accumulator; 86 for
+  /// ∂L/∂u alone).
   template <bool kConst, bool kRebuild, bool kScaled, int kAcc>
   void adjoint_step(V* gv, V* gw, V& du) {
     const T h = sh_.h, he = sh_.he;
@@ -853,10 +854,9 @@ void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
   for (Index j = 0; j < n; ++j) gv[j] = gw[j] = V{};
   blk.load(B::Buf::P, states, sstride, states_full ? steps * n : 0);
   blk.load(B::Buf::G, grad_out, gstride, grad_full ? steps * n : 0);
-  // the accumulators this call needs: none, gv (potential) or, with a control or shape
-  // gradient, all three; a constant H has no control and needs at most gv
+  // the accumulators this call needs: gv (∂L/∂V), du (∂L/∂u), all three with ∂L/∂W;
+  // a constant H has no control and needs at most gv
   const bool want_v = grads.potential != nullptr;
-  const bool want_uw = grads.control != nullptr || grads.control_shape != nullptr;
   auto step = [&](auto rebuild, V& du) {
     constexpr bool kR = decltype(rebuild)::value;
     if (sh.constant) {
@@ -864,13 +864,19 @@ void backward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
       else blk.template adjoint_step<true, kR, false, 0>(gv, gw, du);
       return;
     }
-    constexpr int kAll = B::kAccV | B::kAccW | B::kAccU;
-    const int acc = want_uw ? kAll : want_v ? int(B::kAccV) : 0;
+    // each accumulator only when its gradient is asked for: one left out saves its flops
+    // and a plane's read-modify-write per point and step; ∂L/∂W takes all three
+    constexpr int kV = B::kAccV, kU = B::kAccU, kAll = B::kAccV | B::kAccW | B::kAccU;
+    const int acc = grads.control_shape ? kAll : (want_v ? kV : 0) | (grads.control ? kU : 0);
     auto go = [&](auto sc) {
       constexpr bool kS = decltype(sc)::value;
-      if (acc == kAll) blk.template adjoint_step<false, kR, kS, kAll>(gv, gw, du);
-      else if (acc == B::kAccV) blk.template adjoint_step<false, kR, kS, B::kAccV>(gv, gw, du);
-      else blk.template adjoint_step<false, kR, kS, 0>(gv, gw, du);
+      switch (acc) {
+        case kAll: blk.template adjoint_step<false, kR, kS, kAll>(gv, gw, du); break;
+        case kV | kU: blk.template adjoint_step<false, kR, kS, kV | kU>(gv, gw, du); break;
+        case kU: blk.template adjoint_step<false, kR, kS, kU>(gv, gw, du); break;
+        case kV: blk.template adjoint_step<false, kR, kS, kV>(gv, gw, du); break;
+        default: blk.template adjoint_step<false, kR, kS, 0>(gv, gw, du);
+      }
     };
     if (scaled) go(std::true_type{});
     else go(std::false_type{});

@@ -83,9 +83,9 @@ QUFLOW_DECLARE_KERNELS(isa_avx2)
 /// Lane widths (states per block). kNarrowLanes fill one 32-byte AVX2 register (4 doubles,
 /// 8 floats); kWideLanes are two registers: two independent dependency chains per grid
 /// point, which hides the latency of the Thomas recurrences (forward steps and the adjoint
-/// with a control: ~1.3–1.9× faster), at the price of register pressure (the adjoint of a
-/// constant Hamiltonian in float: ~1.2× slower, so it keeps kNarrowLanes; in double
-/// ~1.15× faster). Measured with `make bench-cpp`.
+/// with a control: ~1.3–1.9× faster; the adjoint of a constant Hamiltonian 1.15× in
+/// double, 1.3–1.5× in float), at the price of register pressure (the second-order
+/// adjoint keeps kNarrowLanes). Measured with `make bench-cpp`.
 template <class T>
 constexpr int kNarrowLanes = 4 * int(sizeof(double) / sizeof(T));
 template <class T>

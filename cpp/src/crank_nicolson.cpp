@@ -705,10 +705,10 @@ void cn_backward(const System<T>& sys, const std::complex<T>* states, bool state
                "the trajectory's size overflows");
   check_state(sys, bounds, grad_out, sys.batch * sys.n * (grad_full ? sys.steps + 1 : 1),
               "grad_out");
-  // the adjoint of a constant H in float is faster with one register per point (measured
-  // with make bench-cpp: two are ~1.2× slower in float, ~1.15× faster in double)
-  const bool wide = !sys.constant_hamiltonian() || sizeof(T) == sizeof(double);
-  with_lanes<T>(sys.batch, wide, [&](auto w) {
+  // two registers per point in both precisions: the adjoint of a constant H in float was
+  // ~1.2× slower with two before issue 14 trimmed it (82 → 58 flops per point-step), and
+  // is now 1.3–1.5× faster with two (make bench-cpp, batch 200 and 2000)
+  with_lanes<T>(sys.batch, true, [&](auto w) {
     backward_w<T, decltype(w)::value>(sys, states, states_full, grad_out, grad_full, grads,
                                       threads, poll, bounds);
   });
