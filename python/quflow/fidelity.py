@@ -96,6 +96,12 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.view_as_real(x.resolve_conj()), dim=(-2, -1))
 
 
+def _phase(s: torch.Tensor) -> torch.Tensor:
+    """φ = s/|s| as exp(i·atan2(Im s, Re s)): 1 where s = 0, no division (the modified
+    gradient's phase, see _Fidelity)."""
+    return torch.polar(torch.ones_like(s.real), torch.atan2(s.imag, s.real))
+
+
 def _direct_terms(p: torch.Tensor, t: torch.Tensor):
     """``(⟨t,p⟩, ‖p‖, ‖t‖)`` over the last axis, or ``None`` if some norm lies outside
     ``_DIRECT_NORMS`` (NaN, Inf and zero samples included). One ``(2, ...)`` clamp and one
@@ -141,7 +147,7 @@ def _direct_gradients(p: torch.Tensor, t: torch.Tensor, g: torch.Tensor, mode: s
         gp = c * t - (s2 / a.square()) * p if need_p else None
         gt = c.conj() * p - (s2 / b.square()) * t if need_t else None
         return gp, gt
-    phase = torch.polar(torch.ones_like(s.real), torch.atan2(s.imag, s.real))
+    phase = _phase(s)
     c = (-2 * g / ab) * phase
     gp = c * t - (c * (s.conj() / a.square())) * p if need_p else None
     gt = c.conj() * p - (c.conj() * (s / b.square())) * t if need_t else None
@@ -223,7 +229,7 @@ class _Fidelity(torch.autograd.Function):
             gp = -2 * g * (s * t_hat - s2 * p_hat) / mp / rp if need_p else None
             gt = -2 * g * (s.conj() * p_hat - s2 * t_hat) / mt / rt if need_t else None
             return gp, gt, None
-        phase = torch.polar(torch.ones_like(s.real), torch.atan2(s.imag, s.real))
+        phase = _phase(s)
         gp = -2 * g * phase * (t_hat - s.conj() * p_hat) / mp / rp if need_p else None
         gt = -2 * g * phase.conj() * (p_hat - s * t_hat) / mt / rt if need_t else None
         return gp, gt, None
