@@ -104,9 +104,9 @@ void BM_Peak(benchmark::State& state) {  // re-measures the peak beside the kern
 /// Flops per point-step (real additions + multiplications, an FMA counting 2) of each
 /// kernel as this benchmark calls it, counted in cpp/src/cn_kernels.cpp (unscaled pivots,
 /// c = 1): forward constant H 26, with a control 44; adjoint rebuilding ψ_k without
-/// ∂L/∂V (constant H: ψ0 gradient only) 58; with a control and ∂L/∂u alone 86 (89 with
+/// ∂L/∂V (constant H: ψ0 gradient only) 52; with a control and ∂L/∂u alone 72 (75 with
 /// ∂L/∂V and ∂L/∂W too, which this benchmark does not ask for).
-constexpr double kFlops[2][2] = {{26.0, 58.0}, {44.0, 86.0}};  // [control][backward]
+constexpr double kFlops[2][2] = {{26.0, 52.0}, {44.0, 72.0}};  // [control][backward]
 
 template <class T>
 struct Problem {

@@ -129,7 +129,7 @@ class Block {
         gr_(as_v(wk.gr)), gi_(as_v(wk.gi)), fr_(as_v(wk.fr)), fi_(as_v(wk.fi)),
         base_(as_v(wk.base)), hbase_(as_v(wk.hbase)), sr_(as_v(wk.sr)), si_(as_v(wk.si)),
         rr_(as_v(wk.rr)), ri_(as_v(wk.ri)), hr_(as_v(wk.hr)), hi_(as_v(wk.hi)),
-        dbase_(as_v(wk.dbase)), dd_(as_v(wk.dd)) {
+        dbase_(as_v(wk.dbase)), dd_(as_v(wk.dd)), er_(as_v(wk.er)), ei_(as_v(wk.ei)) {
     const V zero = {};
     for (V* plane : {pr_, pi_, qr_, qi_, gr_, gi_})
       for (Index j = 0; j < n_ + 2; ++j) plane[j] = zero;
@@ -443,11 +443,17 @@ class Block {
   /// On exit Q = ψ_k, G = g_k, and this step's ∂L/∂d has been added to the accumulators
   /// kAcc asks for: gv[j] += ∂L/∂d_j,  gw[j] += ∂L/∂d_j · u_k,  du += Σ_j ∂L/∂d_j · W_j.
   /// Pivots w̃_j of M_{−1} are the conjugates of M_{+1}'s; m̃_j = −i·he/w̃_j = conj(m_j).
-  /// Flops per point and lane, constant H: 14 (eliminate g) + 8 (λ) + 10 (g_k) = 32,
-  /// + 26 to rebuild ψ_k, + 6 for ∂L/∂d and 1 (gv), 2 (gw), 2 (du) per accumulator;
-  /// variable H adds 2·2 (h·d), 10 (pivot; 13 scaled), 2 (m̃) and, rebuilding, 4 (α̃):
-  /// 58 / 65 (constant H, without / with ∂L/∂V), 89 (variable H, every accumulator; 86 for
-  /// ∂L/∂u alone).
+  /// Both products with M_{+1} are written through M_{+1} = 2I − M_{−1} (Cayley form):
+  ///   λ = M_{−1}⁻¹ g_{k+1},   g_k = M_{+1} λ = 2λ − g_{k+1},
+  ///   x = M_{−1}⁻¹ ψ_{k+1},   ψ_k = M_{−1}⁻¹ M_{+1} ψ_{k+1} = 2x − ψ_{k+1},
+  ///   ∂L/∂d_j = h·Im(conj(λ_j) (ψ_k + ψ_{k+1})_j) = 2h·Im(conj(λ_j) x_j),
+  /// so both solves share M_{−1}'s pivots, and neither needs H's diagonal again nor a
+  /// neighbour of any point (no tridiagonal product).
+  /// Flops per point and lane, constant H: 14 (eliminate g) + 8 (λ) + 4 (g_k) = 26,
+  /// + 26 to rebuild ψ_k (14 + 8 + 4), + 4 for ∂L/∂d (6 from stored states) and 1 (gv),
+  /// 2 (gw), 2 (du) per accumulator; variable H adds 2 (h·d), 10 (pivot; 13 scaled) and
+  /// 2 (m̃): 52 / 57 (constant H, without / with ∂L/∂V), 75 (variable H, every
+  /// accumulator; 72 for ∂L/∂u alone).
   template <bool kConst, bool kRebuild, bool kScaled, int kAcc>
   void adjoint_step(V* gv, V* gw, V& du) {
     const T h = sh_.h, he = sh_.he;
@@ -459,93 +465,71 @@ class Block {
     V* g_r = gr_ + 1;
     V* g_i = gi_ + 1;
 
-    // pass 1, j = 0 … n−1: eliminate g_{k+1} and, when rebuilding, M_{+1} ψ_{k+1}:
-    // v_j = g_j/w̃_j + m̃_j v_{j−1},  v'_j = conj(α_j) ψ_j + m̃_j (ψ_{j−1} + ψ_{j+1} + v'_{j−1})
+    // pass 1, j = 0 … n−1: the forward eliminations of g_{k+1} (into E, G is kept for
+    // g_k) and, when rebuilding, of ψ_{k+1} (into Q):  v_j = r_j/w̃_j + m̃_j v_{j−1}
     {
       V iw_r = {}, iw_i = {}, vg_r = {}, vg_i = {}, vq_r = {}, vq_i = {};
       for (Index j = 0; j < n_; ++j) {
-        V mr, mi, ar, ai;  // m̃_j; conj(α_j) = (1 + i·h·d_j)/w̃_j (rebuild only)
+        V mr, mi;  // m̃_j
         if constexpr (kConst) {
           iw_r = splat(sh_.cinv_r[j]);
           iw_i = splat(-sh_.cinv_i[j]);
           mr = splat(sh_.m_r[j]);
           mi = splat(-sh_.m_i[j]);
-          if constexpr (kRebuild) {
-            ar = splat(sh_.alpha_r[j]);
-            ai = splat(-sh_.alpha_i[j]);
-          }
         } else {
-          const V hd = hdiag(j);
-          pivot_hd<-1, kScaled>(k, hd, iw_r, iw_i);
+          pivot_hd<-1, kScaled>(k, hdiag(j), iw_r, iw_i);
           mr = he * iw_i;
           mi = -he * iw_r;
           fr_[j] = mr;  // m̃_j for pass 2
           fi_[j] = mi;
-          if constexpr (kRebuild) {
-            ar = iw_r - hd * iw_i;
-            ai = iw_i + hd * iw_r;
-          }
         }
-        const V gr = g_r[j], gi = g_i[j];
-        const V nr = (iw_r * gr - iw_i * gi) + mr * vg_r - mi * vg_i;
-        const V ni = (iw_r * gi + iw_i * gr) + mr * vg_i + mi * vg_r;
-        vg_r = nr;
-        vg_i = ni;
-        g_r[j] = vg_r;
-        g_i[j] = vg_i;
+        eliminate(iw_r, iw_i, mr, mi, g_r[j], g_i[j], vg_r, vg_i);
+        er_[j] = vg_r;
+        ei_[j] = vg_i;
         if constexpr (kRebuild) {
-          const V xr = p_r[j], xi = p_i[j];
-          const V tr = p_r[j - 1] + p_r[j + 1] + vq_r, ti = p_i[j - 1] + p_i[j + 1] + vq_i;
-          vq_r = (ar * xr - ai * xi) + mr * tr - mi * ti;
-          vq_i = (ar * xi + ai * xr) + mr * ti + mi * tr;
+          eliminate(iw_r, iw_i, mr, mi, p_r[j], p_i[j], vq_r, vq_i);
           q_r[j] = vq_r;
           q_i[j] = vq_i;
         }
       }
     }
 
-    // pass 2, j = n−1 … 0: back substitution x_j = v_j + m̃_j x_{j+1} gives λ_j (and ψ_k[j]);
-    // then ∂L/∂d_j, and g_k[j+1] = (M_{+1} λ)_{j+1} from λ_j, λ_{j+1}, λ_{j+2}.
-    V l1_r = {}, l1_i = {};  // λ_{j+1}
-    V l2_r = {}, l2_i = {};  // λ_{j+2}
-    V hd1 = {};              // h·d_{j+1}
+    // pass 2, j = n−1 … 0: the back substitutions λ_j = v_j + m̃_j λ_{j+1} (and x_j), then
+    // ψ_k[j], ∂L/∂d_j and g_k[j] = 2λ_j − g_{k+1}[j], all at point j
+    const T h2 = 2 * h;
+    V l_r = {}, l_i = {};  // λ_{j+1}
+    V x_r = {}, x_i = {};  // x_{j+1} (rebuild)
     for (Index j = n_ - 1; j >= 0; --j) {
-      V mr, mi, hd;
+      V mr, mi;
       if constexpr (kConst) {
         mr = splat(sh_.m_r[j]);
         mi = splat(-sh_.m_i[j]);
-        hd = splat(sh_.hd[j]);
       } else {
         mr = fr_[j];
         mi = fi_[j];
-        hd = hdiag(j);
       }
-      const V lr = g_r[j] + mr * l1_r - mi * l1_i;
-      const V li = g_i[j] + mr * l1_i + mi * l1_r;
+      const V lr = er_[j] + mr * l_r - mi * l_i;
+      const V li = ei_[j] + mr * l_i + mi * l_r;
+      [[maybe_unused]] V gd;
       if constexpr (kRebuild) {
-        const V xr = q_r[j + 1], xi = q_i[j + 1];  // zero padding at j = n−1
-        q_r[j] += mr * xr - mi * xi;
-        q_i[j] += mr * xi + mi * xr;
+        const V xr = q_r[j] + mr * x_r - mi * x_i;
+        const V xi = q_i[j] + mr * x_i + mi * x_r;
+        q_r[j] = T(2) * xr - p_r[j];
+        q_i[j] = T(2) * xi - p_i[j];
+        x_r = xr;
+        x_i = xi;
+        if constexpr (kAcc != 0) gd = h2 * (lr * xi - li * xr);
+      } else if constexpr (kAcc != 0) {
+        gd = h * (lr * (q_i[j] + p_i[j]) - li * (q_r[j] + p_r[j]));
       }
-      if constexpr (kAcc != 0) {
-        // ∂L/∂d_j = h·Im(conj(λ_j)·(ψ_k + ψ_{k+1})_j)
-        const V gd = h * (lr * (q_i[j] + p_i[j]) - li * (q_r[j] + p_r[j]));
-        if constexpr ((kAcc & kAccV) != 0) gv[j] += gd;
-        if constexpr ((kAcc & kAccW) != 0) gw[j] += gd * u_;
-        if constexpr ((kAcc & kAccU) != 0) du += gd * sh_.shape[j];
-      }
-      // g_k[j+1] = λ_{j+1} + i·(h·d_{j+1} λ_{j+1} − he (λ_j + λ_{j+2})); at j = n−1 this
-      // writes G's padding row, which nothing reads
-      g_r[j + 1] = l1_r - hd1 * l1_i + he * (li + l2_i);
-      g_i[j + 1] = l1_i + hd1 * l1_r - he * (lr + l2_r);
-      l2_r = l1_r;
-      l2_i = l1_i;
-      l1_r = lr;
-      l1_i = li;
-      hd1 = hd;
+      if constexpr ((kAcc & kAccV) != 0) gv[j] += gd;
+      if constexpr ((kAcc & kAccW) != 0) gw[j] += gd * u_;
+      if constexpr ((kAcc & kAccU) != 0) du += gd * sh_.shape[j];
+      g_r[j] = T(2) * lr - g_r[j];
+      g_i[j] = T(2) * li - g_i[j];
+      l_r = lr;
+      l_i = li;
     }
-    g_r[0] = l1_r - hd1 * l1_i + he * l2_i;  // g_k[0] from λ_0, λ_1 (λ_{−1} = 0)
-    g_i[0] = l1_i + hd1 * l1_r - he * l2_r;
   }
 
   /// Forward mode: P ← M_{+1}⁻¹ M_{−1} P and, with S = δψ,
@@ -800,6 +784,7 @@ class Block {
   V* hbase_;                             // n: h·(2e + V_j) per lane
   V *sr_, *si_, *rr_, *ri_, *hr_, *hi_;  // n+2 tangent planes (forward mode / second order)
   V *dbase_, *dd_;                       // n: δV_j per lane, δd_j of the current step
+  V *er_, *ei_;                          // n: the adjoint's elimination of g_{k+1}
   V u_, du_;                             // control values (and directions) of the step
   static constexpr std::complex<T> zeros_[1] = {};
 };

@@ -40,6 +40,7 @@ struct KernelShared {
 /// One thread's workspace for blocks of W lanes (plain view).
 ///   pr, pi, qr, qi, gr, gi: (n+2)·W zero-padded state planes
 ///   fr, fi, base, gv, gw:   n·W
+///   er, ei:                 n·W, the adjoint's elimination of g_{k+1}
 ///   hbase:                  n·W, h·base
 /// and, for forward mode and second order only (null otherwise):
 ///   sr, si, rr, ri, hr, hi: (n+2)·W tangent planes (δψ_{k+1}, δψ_k, its cotangent)
@@ -47,7 +48,7 @@ struct KernelShared {
 template <class T>
 struct KernelWork {
   T *pr, *pi, *qr, *qi, *gr, *gi, *fr, *fi, *base, *gv, *gw;
-  T* hbase;
+  T *hbase, *er, *ei;
   T *sr = nullptr, *si = nullptr, *rr = nullptr, *ri = nullptr, *hr = nullptr, *hi = nullptr;
   T *dbase = nullptr, *dd = nullptr, *tv = nullptr, *tw = nullptr;
 };

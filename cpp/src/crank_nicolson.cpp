@@ -141,7 +141,7 @@ struct WorkData {
 
   /// tangent: also the planes of forward mode and second order.
   WorkData(Index n, int w, bool tangent = false)
-      : planes(Vec<T>::Zero((tangent ? 12 : 6) * (n + 2) * w + (tangent ? 10 : 6) * n * w +
+      : planes(Vec<T>::Zero((tangent ? 12 : 6) * (n + 2) * w + (tangent ? 12 : 8) * n * w +
                             kAlign)) {
     const auto addr = reinterpret_cast<std::uintptr_t>(planes.data());
     T* p = planes.data() + ((64 - addr % 64) % 64) / sizeof(T);
@@ -150,7 +150,8 @@ struct WorkData {
       *slot = p;
       p += big;
     }
-    for (T** slot : {&view.fr, &view.fi, &view.base, &view.gv, &view.gw, &view.hbase}) {
+    for (T** slot : {&view.fr, &view.fi, &view.base, &view.gv, &view.gw, &view.hbase, &view.er,
+                      &view.ei}) {
       *slot = p;
       p += small;
     }
