@@ -13,6 +13,7 @@
 //   adjoint step    λ = M_{−1}⁻¹ g_{k+1},   g_k = M_{+1} λ,
 //                   ∂L/∂d_j (step k) = h · Im(conj(λ_j) (ψ_k + ψ_{k+1})_j)
 //   reverse rebuild ψ_k = M_{−1}⁻¹ M_{+1} ψ_{k+1}
+//   (the first-order adjoint forms both through M_{+1} = 2I − M_{−1}: see adjoint_step)
 // Thomas algorithm for M_σ (diagonal a_j = 1 + iσh·d_j, off-diagonal c = −iσ·he):
 //   w_0 = a_0,  w_j = a_j + he²/w_{j−1}            (pivots; Re w_j ≥ 1, so no pivoting)
 //   m_j = iσ·he / w_j
