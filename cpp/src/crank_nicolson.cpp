@@ -708,7 +708,8 @@ void cn_backward(const System<T>& sys, const std::complex<T>* states, bool state
               "grad_out");
   // two registers per point in both precisions: the adjoint of a constant H in float was
   // ~1.2× slower with two before issue 14 trimmed it (82 → 58 flops per point-step), and
-  // is now 1.3–1.5× faster with two (make bench-cpp, batch 200 and 2000)
+  // was 1.3–1.5× faster with two at 58; at 52 (Cayley form) two are 1.06–1.10× faster at
+  // batch 200, n = 20 / 256 and batch 2000, one 1.06× at n = 2048 (make bench-cpp)
   with_lanes<T>(sys.batch, true, [&](auto w) {
     backward_w<T, decltype(w)::value>(sys, states, states_full, grad_out, grad_full, grads,
                                       threads, poll, bounds);
