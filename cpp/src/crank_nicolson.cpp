@@ -131,8 +131,9 @@ struct SharedData {
   }
 };
 
-/// One thread's workspace (owns the arrays behind KernelWork). Every array starts on a
-/// 64-byte boundary, as the kernels' lane vectors (up to 64 bytes) require.
+/// One thread's workspace (owns the arrays behind KernelWork). The first array starts on a
+/// 64-byte boundary and every array holds a multiple of w values, so each starts on a
+/// boundary of its lane vector's size (w values, up to 64 bytes), as the kernels require.
 template <class T>
 struct WorkData {
   static constexpr Index kAlign = 64 / sizeof(T);
