@@ -13,7 +13,7 @@
 //   adjoint step    λ = M_{−1}⁻¹ g_{k+1},   g_k = M_{+1} λ,
 //                   ∂L/∂d_j (step k) = h · Im(conj(λ_j) (ψ_k + ψ_{k+1})_j)
 //   reverse rebuild ψ_k = M_{−1}⁻¹ M_{+1} ψ_{k+1}
-//   (the first-order adjoint forms both through M_{+1} = 2I − M_{−1}: see adjoint_step)
+//   (the adjoints form both through M_{+1} = 2I − M_{−1}: see adjoint_step)
 // Thomas algorithm for M_σ (diagonal a_j = 1 + iσh·d_j, off-diagonal c = −iσ·he):
 //   w_0 = a_0,  w_j = a_j + he²/w_{j−1}            (pivots; Re w_j ≥ 1, so no pivoting)
 //   m_j = iσ·he / w_j
@@ -130,7 +130,8 @@ class Block {
         gr_(as_v(wk.gr)), gi_(as_v(wk.gi)), fr_(as_v(wk.fr)), fi_(as_v(wk.fi)),
         base_(as_v(wk.base)), hbase_(as_v(wk.hbase)), sr_(as_v(wk.sr)), si_(as_v(wk.si)),
         rr_(as_v(wk.rr)), ri_(as_v(wk.ri)), hr_(as_v(wk.hr)), hi_(as_v(wk.hi)),
-        dbase_(as_v(wk.dbase)), dd_(as_v(wk.dd)), er_(as_v(wk.er)), ei_(as_v(wk.ei)) {
+        dbase_(as_v(wk.dbase)), dd_(as_v(wk.dd)), er_(as_v(wk.er)), ei_(as_v(wk.ei)),
+        ar_(as_v(wk.ar)), ai_(as_v(wk.ai)) {
     const V zero = {};
     for (V* plane : {pr_, pi_, qr_, qi_, gr_, gi_})
       for (Index j = 0; j < n_ + 2; ++j) plane[j] = zero;
@@ -618,12 +619,16 @@ class Block {
   ///   a_k  = M_{+1} λ + i·h·δD μ,   b_k = M_{+1} μ
   ///   ∂/∂d_j  = h·Im(conj(λ_j)(ψ_k + ψ_{k+1})_j + conj(μ_j)(δψ_k + δψ_{k+1})_j)
   ///   ∂/∂δd_j = h·Im(conj(μ_j)(ψ_k + ψ_{k+1})_j)
+  /// all formed through M_{+1} = 2I − M_{−1}, as adjoint_step: with x = M_{−1}⁻¹ ψ_{k+1} and
+  /// y = M_{−1}⁻¹ (δψ_{k+1} + i·h·δD x), ψ_k = 2x − ψ_{k+1}, δψ_k = 2y − δψ_{k+1} (so the
+  /// sums above are 2x and 2y), a_k = 2λ − a_{k+1} and b_k = 2μ − b_{k+1}: four solves
+  /// with one set of pivots and no tridiagonal product.
   /// On exit Q = ψ_k, R = δψ_k, G = a_k, H = b_k; the accumulators hold
   /// gv += ∂/∂d, gw += ∂/∂d·u_k + ∂/∂δd·δu_k, tv += ∂/∂δd, tw += ∂/∂δd·u_k, and
   /// du = Σ_j ∂/∂d_j W_j + ∂/∂δd_j δW_j, tdu = Σ_j ∂/∂δd_j W_j.
   template <bool kConst, bool kScaled>
   void adjoint2_step(const Acc2& acc, V& du, V& tdu) {
-    const T h = sh_.h, he = sh_.he;
+    const T h = sh_.h, he = sh_.he, h2 = 2 * h;
     const Scaled k = scaled();
     const V* p_r = pr_ + 1;
     const V* p_i = pi_ + 1;
@@ -637,112 +642,98 @@ class Block {
     V* g_i = gi_ + 1;
     V* b_r = hr_ + 1;
     V* b_i = hi_ + 1;
-    auto pivot_at = [&](Index j, V& iw_r, V& iw_i, const V& d) {
-      if constexpr (kConst) {
-        iw_r = fr_[j];
-        iw_i = -fi_[j];
-      } else {
-        pivot<-1, kScaled>(k, d, iw_r, iw_i);
-        fr_[j] = iw_r;
-        fi_[j] = iw_i;
-      }
+    // 1/w̃_j and m̃_j of M_{−1} at j from the pivots of pass 1 (a constant H: M_{+1}'s, set
+    // once, conjugated here)
+    auto pivot_of = [&](Index j, V& iw_r, V& iw_i, V& mr, V& mi) {
+      iw_r = fr_[j];
+      iw_i = kConst ? -fi_[j] : fi_[j];
+      mr = he * iw_i;
+      mi = -he * iw_r;
     };
-    // pass 1: eliminate M_{+1} ψ_{k+1} and b_{k+1}; δd of this step
+    // pass 1, j = 0 … n−1: the pivots of M_{−1} (variable H), δd of this step, and the
+    // eliminations of ψ_{k+1} (into Q) and b_{k+1} (into E; H keeps b_{k+1} for b_k)
     {
       V iw_r = {}, iw_i = {}, vq_r = {}, vq_i = {}, vb_r = {}, vb_i = {};
       for (Index j = 0; j < n_; ++j) {
-        const V d = diag<kConst>(j);
         dd_[j] = h * tangent_diag(j);
-        pivot_at(j, iw_r, iw_i, d);
+        if constexpr (kConst) {
+          iw_r = fr_[j];
+          iw_i = -fi_[j];
+        } else {
+          pivot<-1, kScaled>(k, diag<kConst>(j), iw_r, iw_i);
+          fr_[j] = iw_r;
+          fi_[j] = iw_i;
+        }
         const V mr = he * iw_i, mi = -he * iw_r;
-        const V xr = p_r[j], xi = p_i[j];
-        const V sr = p_r[j - 1] + p_r[j + 1], si = p_i[j - 1] + p_i[j + 1];
-        eliminate(iw_r, iw_i, mr, mi, xr - h * d * xi + he * si, xi + h * d * xr - he * sr,
-                  vq_r, vq_i);
+        eliminate(iw_r, iw_i, mr, mi, p_r[j], p_i[j], vq_r, vq_i);
         q_r[j] = vq_r;
         q_i[j] = vq_i;
         eliminate(iw_r, iw_i, mr, mi, b_r[j], b_i[j], vb_r, vb_i);
-        b_r[j] = vb_r;
-        b_i[j] = vb_i;
+        er_[j] = vb_r;
+        ei_[j] = vb_i;
       }
     }
-    // pass 2: back substitution gives ψ_k (Q) and μ (H)
-    for (Index j = n_ - 2; j >= 0; --j) {
-      const V iw_i = kConst ? -fi_[j] : fi_[j];
-      const V mr = he * iw_i, mi = -he * fr_[j];
-      q_r[j] += mr * q_r[j + 1] - mi * q_i[j + 1];
-      q_i[j] += mr * q_i[j + 1] + mi * q_r[j + 1];
-      b_r[j] += mr * b_r[j + 1] - mi * b_i[j + 1];
-      b_i[j] += mr * b_i[j + 1] + mi * b_r[j + 1];
+    // pass 2, j = n−1 … 0: the back substitutions x (in Q) and μ (in E); b_k = 2μ − b_{k+1}
+    {
+      V x_r = {}, x_i = {}, u_r = {}, u_i = {};  // x_{j+1}, μ_{j+1}
+      for (Index j = n_ - 1; j >= 0; --j) {
+        V iw_r, iw_i, mr, mi;
+        pivot_of(j, iw_r, iw_i, mr, mi);
+        const V xr = q_r[j] + mr * x_r - mi * x_i, xi = q_i[j] + mr * x_i + mi * x_r;
+        const V ur = er_[j] + mr * u_r - mi * u_i, ui = ei_[j] + mr * u_i + mi * u_r;
+        q_r[j] = x_r = xr;
+        q_i[j] = x_i = xi;
+        er_[j] = u_r = ur;
+        ei_[j] = u_i = ui;
+        b_r[j] = T(2) * ur - b_r[j];
+        b_i[j] = T(2) * ui - b_i[j];
+      }
     }
-    // pass 3: eliminate M_{+1} δψ_{k+1} + i·h·δD (ψ_k + ψ_{k+1}) and a_{k+1} + i·h·δD μ
+    // pass 3, j = 0 … n−1: the eliminations of δψ_{k+1} + i·h·δD x (into R) and
+    // a_{k+1} + i·h·δD μ (into A; G keeps a_{k+1} for a_k)
     {
       V vr_r = {}, vr_i = {}, vg_r = {}, vg_i = {};
       for (Index j = 0; j < n_; ++j) {
-        const V d = diag<kConst>(j);
-        const V iw_r = fr_[j], iw_i = kConst ? -fi_[j] : fi_[j];
-        const V mr = he * iw_i, mi = -he * iw_r;
+        V iw_r, iw_i, mr, mi;
+        pivot_of(j, iw_r, iw_i, mr, mi);
         const V hdd = dd_[j];
-        const V yr = s_r[j], yi = s_i[j];
-        const V tr = s_r[j - 1] + s_r[j + 1], ti = s_i[j - 1] + s_i[j + 1];
-        const V cr = q_r[j] + p_r[j], ci = q_i[j] + p_i[j];
-        eliminate(iw_r, iw_i, mr, mi, yr - h * d * yi + he * ti - hdd * ci,
-                  yi + h * d * yr - he * tr + hdd * cr, vr_r, vr_i);
+        eliminate(iw_r, iw_i, mr, mi, s_r[j] - hdd * q_i[j], s_i[j] + hdd * q_r[j], vr_r, vr_i);
         r_r[j] = vr_r;
         r_i[j] = vr_i;
-        eliminate(iw_r, iw_i, mr, mi, g_r[j] - hdd * b_i[j], g_i[j] + hdd * b_r[j], vg_r,
+        eliminate(iw_r, iw_i, mr, mi, g_r[j] - hdd * ei_[j], g_i[j] + hdd * er_[j], vg_r,
                   vg_i);
-        g_r[j] = vg_r;
-        g_i[j] = vg_i;
+        ar_[j] = vg_r;
+        ai_[j] = vg_i;
       }
     }
-    // pass 4, j = n−1 … 0: back substitution gives δψ_k[j] and λ_j; then the gradients,
-    // a_k[j+1] and b_k[j+1] from λ and μ at j, j+1, j+2 (registers: the planes at j+1
-    // already hold a_k, b_k)
-    V l1_r = {}, l1_i = {}, l2_r = {}, l2_i = {};  // λ_{j+1}, λ_{j+2}
-    V m1_r = {}, m1_i = {}, m2_r = {}, m2_i = {};  // μ_{j+1}, μ_{j+2}
-    V hd1 = {}, hdd1 = {};                          // h·d_{j+1}, h·δd_{j+1}
+    // pass 4, j = n−1 … 0: the back substitutions y and λ; the gradients at j; then
+    // δψ_k = 2y − δψ_{k+1} (R), a_k = 2λ − a_{k+1} (G), ψ_k = 2x − ψ_{k+1} (Q)
+    V y_r = {}, y_i = {}, l_r = {}, l_i = {};  // y_{j+1}, λ_{j+1}
     for (Index j = n_ - 1; j >= 0; --j) {
-      const V d = diag<kConst>(j);
-      const V iw_i = kConst ? -fi_[j] : fi_[j];
-      const V mr = he * iw_i, mi = -he * fr_[j];
-      if (j < n_ - 1) {
-        r_r[j] += mr * r_r[j + 1] - mi * r_i[j + 1];
-        r_i[j] += mr * r_i[j + 1] + mi * r_r[j + 1];
-      }
-      const V lr = g_r[j] + mr * l1_r - mi * l1_i;
-      const V li = g_i[j] + mr * l1_i + mi * l1_r;
-      const V ur = b_r[j], ui = b_i[j];
-      const V cr = q_r[j] + p_r[j], ci = q_i[j] + p_i[j];
-      const V er = r_r[j] + s_r[j], ei = r_i[j] + s_i[j];
-      const V gd = h * (lr * ci - li * cr + ur * ei - ui * er);
-      const V gdd = h * (ur * ci - ui * cr);
+      V iw_r, iw_i, mr, mi;
+      pivot_of(j, iw_r, iw_i, mr, mi);
+      const V yr = r_r[j] + mr * y_r - mi * y_i, yi = r_i[j] + mr * y_i + mi * y_r;
+      const V lr = ar_[j] + mr * l_r - mi * l_i, li = ai_[j] + mr * l_i + mi * l_r;
+      y_r = yr;
+      y_i = yi;
+      l_r = lr;
+      l_i = li;
+      const V xr = q_r[j], xi = q_i[j], ur = er_[j], ui = ei_[j];
+      const V gd = h2 * (lr * xi - li * xr + ur * yi - ui * yr);
+      const V gdd = h2 * (ur * xi - ui * xr);
       acc.gv[j] += gd;
       acc.gw[j] += gd * u_ + gdd * du_;
       acc.tv[j] += gdd;
       acc.tw[j] += gdd * u_;
       du += gd * sh_.shape[j] + gdd * sh_.dshape[j];
       tdu += gdd * sh_.shape[j];
-      // a_k[j+1] = (M_{+1} λ)_{j+1} + i·h·δd_{j+1} μ_{j+1};  b_k[j+1] = (M_{+1} μ)_{j+1}
-      g_r[j + 1] = l1_r - hd1 * l1_i + he * (li + l2_i) - hdd1 * m1_i;
-      g_i[j + 1] = l1_i + hd1 * l1_r - he * (lr + l2_r) + hdd1 * m1_r;
-      b_r[j + 1] = m1_r - hd1 * m1_i + he * (ui + m2_i);
-      b_i[j + 1] = m1_i + hd1 * m1_r - he * (ur + m2_r);
-      l2_r = l1_r;
-      l2_i = l1_i;
-      l1_r = lr;
-      l1_i = li;
-      m2_r = m1_r;
-      m2_i = m1_i;
-      m1_r = ur;
-      m1_i = ui;
-      hd1 = h * d;
-      hdd1 = dd_[j];
+      r_r[j] = T(2) * yr - s_r[j];
+      r_i[j] = T(2) * yi - s_i[j];
+      g_r[j] = T(2) * lr - g_r[j];
+      g_i[j] = T(2) * li - g_i[j];
+      q_r[j] = T(2) * xr - p_r[j];
+      q_i[j] = T(2) * xi - p_i[j];
     }
-    g_r[0] = l1_r - hd1 * l1_i + he * l2_i - hdd1 * m1_i;
-    g_i[0] = l1_i + hd1 * l1_r - he * l2_r + hdd1 * m1_r;
-    b_r[0] = m1_r - hd1 * m1_i + he * m2_i;
-    b_i[0] = m1_i + hd1 * m1_r - he * m2_r;
   }
 
   V* plane_re(Buf b) const {
@@ -785,7 +776,8 @@ class Block {
   V* hbase_;                             // n: h·(2e + V_j) per lane
   V *sr_, *si_, *rr_, *ri_, *hr_, *hi_;  // n+2 tangent planes (forward mode / second order)
   V *dbase_, *dd_;                       // n: δV_j per lane, δd_j of the current step
-  V *er_, *ei_;                          // n: the adjoint's elimination of g_{k+1}
+  V *er_, *ei_;                          // n: the adjoint's elimination of g_{k+1} (μ)
+  V *ar_, *ai_;                          // n: second order: the elimination for λ
   V u_, du_;                             // control values (and directions) of the step
   static constexpr std::complex<T> zeros_[1] = {};
 };

@@ -27,9 +27,8 @@ struct KernelShared {
   const T* cinv_i = nullptr;
   // Constant H only, per point j (scalars, broadcast over the lanes): the restructured
   // elimination v_j = α_j ψ_j + m_j (ψ_{j−1} + ψ_{j+1} + v_{j−1}) of M_{+1}, with
-  // α_j = (1 − i·h·d_j)/w_j, m_j = i·he/w_j, and hd_j = h·d_j
+  // α_j = (1 − i·h·d_j)/w_j and m_j = i·he/w_j
   const T *alpha_r = nullptr, *alpha_i = nullptr, *m_r = nullptr, *m_i = nullptr;
-  const T* hd = nullptr;
   const T* hshape = nullptr;  // (n) h · control shape, zeros without control
   const int* stop = nullptr;  // non-zero: abandon the call (read between steps, atomically)
   // forward mode and second order only (cn_jvp, cn_adjoint2):
@@ -40,17 +39,19 @@ struct KernelShared {
 /// One thread's workspace for blocks of W lanes (plain view).
 ///   pr, pi, qr, qi, gr, gi: (n+2)·W zero-padded state planes
 ///   fr, fi, base, gv, gw:   n·W
-///   er, ei:                 n·W, the adjoint's elimination of g_{k+1}
+///   er, ei:                 n·W, the adjoint's elimination of g_{k+1} (second order: μ)
 ///   hbase:                  n·W, h·base
 /// and, for forward mode and second order only (null otherwise):
 ///   sr, si, rr, ri, hr, hi: (n+2)·W tangent planes (δψ_{k+1}, δψ_k, its cotangent)
 ///   dbase, dd, tv, tw:      n·W (δV per lane, δd of a step, Σ ∂/∂δd, Σ ∂/∂δd·u_k)
+///   ar, ai:                 n·W, the second-order adjoint's elimination for λ
 template <class T>
 struct KernelWork {
   T *pr, *pi, *qr, *qi, *gr, *gi, *fr, *fi, *base, *gv, *gw;
   T *hbase, *er, *ei;
   T *sr = nullptr, *si = nullptr, *rr = nullptr, *ri = nullptr, *hr = nullptr, *hi = nullptr;
   T *dbase = nullptr, *dd = nullptr, *tv = nullptr, *tw = nullptr;
+  T *ar = nullptr, *ai = nullptr;
 };
 
 #define QUFLOW_DECLARE_KERNELS(ns)                                                           \

@@ -55,7 +55,7 @@ bool use_avx2() {
 /// Owns the arrays behind KernelShared.
 template <class T>
 struct SharedData {
-  Vec<T> shape, hshape, dshape, cinv_r, cinv_i, alpha_r, alpha_i, m_r, m_i, hd;
+  Vec<T> shape, hshape, dshape, cinv_r, cinv_i, alpha_r, alpha_i, m_r, m_i;
   int stop = 0;  // set (atomically) to abandon every block
   KernelShared<T> view;
 
@@ -105,7 +105,7 @@ struct SharedData {
       // m_j = i·he/w_j, formed in long double from h, he and d_j (not from the rounded
       // pivots above) and rounded once: their rounding is the same in every step, so it
       // must be as small as it can be (a constant error in a step drifts the norm linearly)
-      for (Vec<T>* a : {&alpha_r, &alpha_i, &m_r, &m_i, &hd}) a->resize(n);
+      for (Vec<T>* a : {&alpha_r, &alpha_i, &m_r, &m_i}) a->resize(n);
       using L = long double;
       // (scaled by c as the pivots above, for a long double that is only a double)
       const L h = L(v.h), he = L(v.he), c = L(v.c), ch2e2 = (c * he) * he;
@@ -116,7 +116,6 @@ struct SharedData {
         const L den = wr * wr + wi * wi;
         iwr = wr * c / den;
         iwi = -wi * c / den;
-        hd[j] = T(hdj);
         alpha_r[j] = T(iwr + hdj * iwi);
         alpha_i[j] = T(iwi - hdj * iwr);
         m_r[j] = T(-he * iwi);
@@ -126,7 +125,6 @@ struct SharedData {
       v.alpha_i = alpha_i.data();
       v.m_r = m_r.data();
       v.m_i = m_i.data();
-      v.hd = hd.data();
     }
   }
 };
@@ -142,7 +140,7 @@ struct WorkData {
 
   /// tangent: also the planes of forward mode and second order.
   WorkData(Index n, int w, bool tangent = false)
-      : planes(Vec<T>::Zero((tangent ? 12 : 6) * (n + 2) * w + (tangent ? 12 : 8) * n * w +
+      : planes(Vec<T>::Zero((tangent ? 12 : 6) * (n + 2) * w + (tangent ? 14 : 8) * n * w +
                             kAlign)) {
     const auto addr = reinterpret_cast<std::uintptr_t>(planes.data());
     T* p = planes.data() + ((64 - addr % 64) % 64) / sizeof(T);
@@ -161,7 +159,7 @@ struct WorkData {
       *slot = p;
       p += big;
     }
-    for (T** slot : {&view.dbase, &view.dd, &view.tv, &view.tw}) {
+    for (T** slot : {&view.dbase, &view.dd, &view.tv, &view.tw, &view.ar, &view.ai}) {
       *slot = p;
       p += small;
     }
@@ -758,7 +756,8 @@ void cn_adjoint2(const System<T>& sys, const Tangents<T>& tan, const std::comple
   if (grad_out) check_state(sys, bounds, grad_out, cotangents, "grad_out");
   check_state(sys, bounds, tgrad_out, cotangents, "tangent grad_out");
   // one register per point: with four state planes live, two registers spill (measured:
-  // no faster with a control, ~10 % slower for a constant H); forward mode uses two
+  // no faster with a control, ~10 % slower for a constant H; again in the Cayley form:
+  // HVPs 0–3 % faster with a control, 6–9 % slower for a constant H); forward mode uses two
   with_lanes<T>(sys.batch, false, [&](auto w) {
     adjoint2_w<T, decltype(w)::value>(sys, tan, states, tstates, grad_out, tgrad_out,
                                       grad_full, grads, tgrads, threads, poll, bounds);
