@@ -324,6 +324,14 @@ class Block {
     v_i = vi;
   }
 
+  /// One back-substitution step x ← v + m·x (complex, every lane).
+  static void substitute(const V& mr, const V& mi, const V& v_r, const V& v_i, V& x_r, V& x_i) {
+    const V yr = v_r + mr * x_r - mi * x_i;
+    const V yi = v_i + mr * x_i + mi * x_r;
+    x_r = yr;
+    x_i = yi;
+  }
+
   /// P ← M_{+1}⁻¹ M_{−1} P: one forward step, in place, by the restructured sweeps
 ///   v_j = α_j ψ_j + m_j (ψ_{j−1} + ψ_{j+1} + v_{j−1}),  α_j = (1 − i·h·d_j)/w_j,
 ///   m_j = i·he/w_j          (= r_j/w_j + m_j v_{j−1} with r = M_{−1} ψ, j = 0 … n−1)
@@ -499,8 +507,8 @@ class Block {
     // pass 2, j = n−1 … 0: the back substitutions λ_j = v_j + m̃_j λ_{j+1} (and x_j), then
     // ψ_k[j], ∂L/∂d_j and g_k[j] = 2λ_j − g_{k+1}[j], all at point j
     const T h2 = 2 * h;
-    V l_r = {}, l_i = {};  // λ_{j+1}
-    V x_r = {}, x_i = {};  // x_{j+1} (rebuild)
+    V l_r = {}, l_i = {};  // λ_{j+1}, then λ_j
+    V x_r = {}, x_i = {};  // x_{j+1}, then x_j (rebuild)
     for (Index j = n_ - 1; j >= 0; --j) {
       V mr, mi;
       if constexpr (kConst) {
@@ -510,27 +518,21 @@ class Block {
         mr = fr_[j];
         mi = fi_[j];
       }
-      const V lr = er_[j] + mr * l_r - mi * l_i;
-      const V li = ei_[j] + mr * l_i + mi * l_r;
+      substitute(mr, mi, er_[j], ei_[j], l_r, l_i);
       [[maybe_unused]] V gd;
       if constexpr (kRebuild) {
-        const V xr = q_r[j] + mr * x_r - mi * x_i;
-        const V xi = q_i[j] + mr * x_i + mi * x_r;
-        q_r[j] = T(2) * xr - p_r[j];
-        q_i[j] = T(2) * xi - p_i[j];
-        x_r = xr;
-        x_i = xi;
-        if constexpr (kAcc != 0) gd = h2 * (lr * xi - li * xr);
+        substitute(mr, mi, q_r[j], q_i[j], x_r, x_i);
+        q_r[j] = T(2) * x_r - p_r[j];
+        q_i[j] = T(2) * x_i - p_i[j];
+        if constexpr (kAcc != 0) gd = h2 * (l_r * x_i - l_i * x_r);
       } else if constexpr (kAcc != 0) {
-        gd = h * (lr * (q_i[j] + p_i[j]) - li * (q_r[j] + p_r[j]));
+        gd = h * (l_r * (q_i[j] + p_i[j]) - l_i * (q_r[j] + p_r[j]));
       }
       if constexpr ((kAcc & kAccV) != 0) gv[j] += gd;
       if constexpr ((kAcc & kAccW) != 0) gw[j] += gd * u_;
       if constexpr ((kAcc & kAccU) != 0) du += gd * sh_.shape[j];
-      g_r[j] = T(2) * lr - g_r[j];
-      g_i[j] = T(2) * li - g_i[j];
-      l_r = lr;
-      l_i = li;
+      g_r[j] = T(2) * l_r - g_r[j];
+      g_i[j] = T(2) * l_i - g_i[j];
     }
   }
 
@@ -675,18 +677,18 @@ class Block {
     }
     // pass 2, j = n−1 … 0: the back substitutions x (in Q) and μ (in E); b_k = 2μ − b_{k+1}
     {
-      V x_r = {}, x_i = {}, u_r = {}, u_i = {};  // x_{j+1}, μ_{j+1}
+      V x_r = {}, x_i = {}, u_r = {}, u_i = {};  // x_{j+1}, μ_{j+1}, then at j
       for (Index j = n_ - 1; j >= 0; --j) {
         V iw_r, iw_i, mr, mi;
         pivot_of(j, iw_r, iw_i, mr, mi);
-        const V xr = q_r[j] + mr * x_r - mi * x_i, xi = q_i[j] + mr * x_i + mi * x_r;
-        const V ur = er_[j] + mr * u_r - mi * u_i, ui = ei_[j] + mr * u_i + mi * u_r;
-        q_r[j] = x_r = xr;
-        q_i[j] = x_i = xi;
-        er_[j] = u_r = ur;
-        ei_[j] = u_i = ui;
-        b_r[j] = T(2) * ur - b_r[j];
-        b_i[j] = T(2) * ui - b_i[j];
+        substitute(mr, mi, q_r[j], q_i[j], x_r, x_i);
+        substitute(mr, mi, er_[j], ei_[j], u_r, u_i);
+        q_r[j] = x_r;
+        q_i[j] = x_i;
+        er_[j] = u_r;
+        ei_[j] = u_i;
+        b_r[j] = T(2) * u_r - b_r[j];
+        b_i[j] = T(2) * u_i - b_i[j];
       }
     }
     // pass 3, j = 0 … n−1: the eliminations of δψ_{k+1} + i·h·δD x (into R) and
@@ -708,18 +710,14 @@ class Block {
     }
     // pass 4, j = n−1 … 0: the back substitutions y and λ; the gradients at j; then
     // δψ_k = 2y − δψ_{k+1} (R), a_k = 2λ − a_{k+1} (G), ψ_k = 2x − ψ_{k+1} (Q)
-    V y_r = {}, y_i = {}, l_r = {}, l_i = {};  // y_{j+1}, λ_{j+1}
+    V y_r = {}, y_i = {}, l_r = {}, l_i = {};  // y_{j+1}, λ_{j+1}, then at j
     for (Index j = n_ - 1; j >= 0; --j) {
       V iw_r, iw_i, mr, mi;
       pivot_of(j, iw_r, iw_i, mr, mi);
-      const V yr = r_r[j] + mr * y_r - mi * y_i, yi = r_i[j] + mr * y_i + mi * y_r;
-      const V lr = ar_[j] + mr * l_r - mi * l_i, li = ai_[j] + mr * l_i + mi * l_r;
-      y_r = yr;
-      y_i = yi;
-      l_r = lr;
-      l_i = li;
+      substitute(mr, mi, r_r[j], r_i[j], y_r, y_i);
+      substitute(mr, mi, ar_[j], ai_[j], l_r, l_i);
       const V xr = q_r[j], xi = q_i[j], ur = er_[j], ui = ei_[j];
-      const V gd = h2 * (lr * xi - li * xr + ur * yi - ui * yr);
+      const V gd = h2 * (l_r * xi - l_i * xr + ur * y_i - ui * y_r);
       const V gdd = h2 * (ur * xi - ui * xr);
       acc.gv[j] += gd;
       acc.gw[j] += gd * u_ + gdd * du_;
@@ -727,10 +725,10 @@ class Block {
       acc.tw[j] += gdd * u_;
       du += gd * sh_.shape[j] + gdd * sh_.dshape[j];
       tdu += gdd * sh_.shape[j];
-      r_r[j] = T(2) * yr - s_r[j];
-      r_i[j] = T(2) * yi - s_i[j];
-      g_r[j] = T(2) * lr - g_r[j];
-      g_i[j] = T(2) * li - g_i[j];
+      r_r[j] = T(2) * y_r - s_r[j];
+      r_i[j] = T(2) * y_i - s_i[j];
+      g_r[j] = T(2) * l_r - g_r[j];
+      g_i[j] = T(2) * l_i - g_i[j];
       q_r[j] = T(2) * xr - p_r[j];
       q_i[j] = T(2) * xi - p_i[j];
     }
