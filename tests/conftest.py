@@ -97,7 +97,7 @@ def sample_inputs(dtype=torch.complex128, n=20, steps=30, requires_grad=False, s
         Case("peru-b1", states(1), r(1, n, scale=5), steps, r(1, steps, scale=3), r(n)),
         Case("const-b19", states(19), r(n, scale=5), steps),  # wide blocks + a partial one
         Case("peru-b19", states(19), r(19, n, scale=5), steps, r(19, steps, scale=3), x),
-        # the constant-H forward's four-register blocks (16 doubles, 32 floats) + a partial one
+        # more than two full blocks of two registers (8 doubles, 16 floats) + a partial one
         Case("const-b37", states(37), r(n, scale=5), steps),
     ]
     for c in cases:

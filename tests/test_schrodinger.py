@@ -55,7 +55,49 @@ def test_trajectory_matches_reference_and_final_state(case):
     torch.testing.assert_close(traj, _reference(case, trajectory=True), atol=1e-12, rtol=0)
     assert torch.equal(traj[:, 0], case.psi0)
     final = quflow.crank_nicolson(case.psi0, case.potential, **case.kwargs())
-    torch.testing.assert_close(traj[:, -1], final, atol=1e-14, rtol=0)
+    assert torch.equal(traj[:, -1], final)  # the same arithmetic, whether steps are kept
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.complex128, 1e-13), (torch.complex64, 1e-5)])
+def test_constant_h_steps_alternate_factorisations_and_agree_everywhere(dtype, tol):
+    """A constant H's forward runs one pass per step, alternating the LU and UL
+    factorisations of I + i·h·H (cn_kernels.cpp's header). Both step-count parities, grids
+    whose passes start and end on the same or neighbouring points (n = 1, 2, 3), every block
+    width (batch 1, 3, 8, 11): every step against the dense reference (tolerance per dtype:
+    1e-13 double, 1e-5 float, absolute, unit-norm states), each state bitwise the same alone
+    and in a batch, and the trajectory's last state bitwise the final state."""
+    gen = torch.Generator().manual_seed(7)
+    real = REAL[dtype]
+    for n in (1, 2, 3, 17):
+        grid = quflow.Grid(n, 2.0)
+        V = 5 * torch.randn(n, dtype=torch.float64, generator=gen)
+        psi = torch.randn(11, n, dtype=torch.complex128, generator=gen)
+        psi = (psi / torch.linalg.vector_norm(psi, dim=-1, keepdim=True)).to(dtype)
+        for steps in (1, 2, 3, 4):
+            kw = dict(dt=0.3, dx=grid.dx, steps=steps)
+            ref = dense_crank_nicolson(psi.to(torch.complex128), V, 0.3, grid.dx, steps,
+                                       trajectory=True)
+            traj = quflow.crank_nicolson(psi, V.to(real), trajectory=True, **kw)
+            torch.testing.assert_close(traj.to(torch.complex128), ref, atol=tol, rtol=0)
+            final = quflow.crank_nicolson(psi, V.to(real), **kw)
+            assert torch.equal(traj[:, -1], final), (n, steps)
+            for b in (1, 3, 8):
+                assert torch.equal(quflow.crank_nicolson(psi[:b], V.to(real), **kw), final[:b])
+                assert torch.equal(quflow.crank_nicolson(psi[-b:], V.to(real), **kw),
+                                   final[-b:])
+
+
+def test_constant_h_forward_either_side_of_the_small_step_switch():
+    """Below h·e = dt/2dx² = 2^−20 the constant-H forward leaves the β form (whose 1/he
+    would be large) for the two-sweep α form: both sides agree with the dense reference."""
+    grid = quflow.Grid(16, 2.0)
+    psi = quflow.random_states(grid, 9, seed=8)
+    V = 3 * torch.sin(2 * grid.x)
+    for factor in (1 - 1e-6, 1 + 1e-6, 1e-3, 1e3):
+        dt = factor * 2.0 ** -20 * 2 * grid.dx ** 2
+        out = quflow.crank_nicolson(psi, V, dt=dt, dx=grid.dx, steps=7)
+        ref = dense_crank_nicolson(psi, V, dt, grid.dx, 7)
+        torch.testing.assert_close(out, ref, atol=1e-14, rtol=0)
 
 
 def test_issue_example_shapes():

@@ -181,6 +181,23 @@ def test_tiny_steps_and_wide_grids_are_fine():
         torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("cdtype,tol", [(torch.complex128, 1e-13), (torch.complex64, 1e-5)])
+def test_states_near_the_overflow_limit_keep_a_small_steps_result(cdtype, tol):
+    """The constant-H forward's β form scales ψ by up to 1/he before the multiplier brings
+    it back; a state the range check accepts but within 1/he of the type's overflow takes
+    the α form instead: the result is the unit state's, scaled (the propagation is linear).
+    Tolerance per dtype, absolute, on the unit-norm scale."""
+    grid = quflow.Grid(12, 2.0)
+    psi = quflow.random_states(grid, 9, seed=3, dtype=cdtype)
+    V = (4 * torch.cos(grid.x)).to(REAL[cdtype])
+    dt = 1e-3 * 2 * grid.dx ** 2  # he = dt/2dx² = 1e-3
+    big = torch.finfo(REAL[cdtype]).max / 100  # accepted: the limit is ~max / 79 here
+    ref = quflow.crank_nicolson(psi, V, dt=dt, dx=grid.dx, steps=6)
+    out = quflow.crank_nicolson(psi * big, V, dt=dt, dx=grid.dx, steps=6)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out / big, ref, atol=tol, rtol=0)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_long_calls_run_on_watched_workers_with_the_same_results(threads):
     """Calls above ~2M point-steps run on worker threads while the caller polls for

@@ -20,6 +20,18 @@
 //   v_j = r_j / w_j + m_j v_{j−1}                  (forward elimination, j = 0 … n−1)
 //   x_j = v_j + m_j x_{j+1}                        (back substitution, j = n−2 … 0)
 // M_σ is complex symmetric with Hermitian part I, hence the stability of the pivots.
+//
+// The forward step of a constant H (forward_const) eliminates in the β form
+//   v_j = m_j (β_j ψ_j + ψ_{j−1} + ψ_{j+1} + v_{j−1}),   β_j = (1 − i·h·d_j)/(i·he)
+//                                                          = −d_j/e − i/he,
+// i.e. r_j/w_j + m_j v_{j−1} with r = M_{−1} ψ (m_j β_j = (1 − i·h·d_j)/w_j): three
+// scalars per point (β_j real, m_j) and the constant 1/he. Steps alternate the LU
+// factorisation above (even steps) with the UL one of the same M_{+1} (odd steps:
+//   w'_{n−1} = a_{n−1}, w'_j = a_j + he²/w'_{j+1}, m'_j = i·he/w'_j,
+//   v'_j = m'_j (β_j ψ_j + ψ_{j−1} + ψ_{j+1} + v'_{j+1})   (j = n−1 … 0),
+//   x_0 = v'_0, x_j = v'_j + m'_j x_{j−1}                  (j = 1 … n−1)),
+// so a step's back substitution runs the way the next step's elimination does, and the two
+// share one sweep over the planes, the elimination a point behind: one pass per step.
 #include "cn_kernels.hpp"
 
 #include <type_traits>
@@ -401,7 +413,9 @@ class Block {
   /// forward_step() of a constant H, written per register: a lane vector of W lanes is K
   /// native registers (columns) and the sweeps below run K independent recurrences side
   /// by side, each column's arithmetic written out in turn, so that its temporaries are
-  /// reused and only v_{j−1} (x_{j+1}) of each column stays live: no spills at K = 4.
+  /// reused and only v_{j−1} (x_{j+1}) of each column stays live. Two sweeps per step; the
+  /// forward of a constant H takes it only where the β form's 1/he would be large
+  /// (he < 2^−20, see forward_block), else beta_pass().
   void forward_step_const() {
     constexpr int kN = W * int(sizeof(T)) <= kRegisterBytes ? W : kRegisterBytes / int(sizeof(T));
     using R = typename LaneVector<T, kN>::type;
@@ -442,6 +456,156 @@ class Block {
         const R yi = q_i[c] + mr * vp_i[c] + mi * vp_r[c];
         q_r[c] = vp_r[c] = yr;
         q_i[c] = vp_i[c] = yi;
+      }
+    }
+  }
+
+  // ---- the constant-H forward in the β form, one pass per step (see the file's header) ----
+  // Written per register like forward_step_const(): K columns of native registers.
+  static constexpr int kColLanes =
+      W * int(sizeof(T)) <= kRegisterBytes ? W : kRegisterBytes / int(sizeof(T));
+  using Col = typename LaneVector<T, kColLanes>::type;
+  static constexpr int kCols = W / kColLanes;
+  Col* col(V* plane) const { return reinterpret_cast<Col*>(plane + 1); }
+
+  /// u = β_j ψ_j + t (t = ψ_{j−1} + ψ_{j+1} + v_{j∓1}, added last: it carries the chain),
+  /// then v = m_j u; β_j ψ_j = (b ψ_r + ψ_i/he, b ψ_i − ψ_r/he). 12 + 6 flops.
+  static void beta_eliminate(T b, T ihe, T mr, T mi, const Col& x_r, const Col& x_i,
+                             const Col& s_r, const Col& s_i, Col& v_r, Col& v_i) {
+    const Col ur = ((b * x_r + ihe * x_i) + s_r) + v_r;
+    const Col ui = ((b * x_i - ihe * x_r) + s_i) + v_i;
+    v_r = mr * ur - mi * ui;
+    v_i = mr * ui + mi * ur;
+  }
+
+  /// Step 0's LU elimination: P = ψ on entry, v on exit (v_{j−1} stored over ψ_{j−1} once
+  /// read, as forward_step_const() does).
+  void beta_first_elimination() {
+    constexpr int K = kCols;
+    Col* p_r = col(pr_);
+    Col* p_i = col(pi_);
+    const T ihe = sh_.ihe;
+    Col v_r[K], v_i[K];
+    for (int c = 0; c < K; ++c) v_r[c] = v_i[c] = Col{};
+    for (Index j = 0; j < n_; ++j) {
+      const T b = sh_.beta[j], mr = sh_.m_r[j], mi = sh_.m_i[j];
+      Col* q_r = p_r + j * K;
+      Col* q_i = p_i + j * K;
+      for (int c = 0; c < K; ++c) {
+        const Col x_r = q_r[c], x_i = q_i[c];
+        const Col s_r = q_r[c - K] + q_r[c + K], s_i = q_i[c - K] + q_i[c + K];
+        q_r[c - K] = v_r[c];
+        q_i[c - K] = v_i[c];
+        beta_eliminate(b, ihe, mr, mi, x_r, x_i, s_r, s_i, v_r[c], v_i[c]);
+      }
+    }
+    for (int c = 0; c < K; ++c) {
+      p_r[(n_ - 1) * K + c] = v_r[c];
+      p_i[(n_ - 1) * K + c] = v_i[c];
+    }
+  }
+
+  /// One pass: the back substitution of step k (LU when kDown, j = n−1 … 0; UL otherwise,
+  /// j = 0 … n−1) and, a point behind it, the elimination of step k+1 (UL when kDown, LU
+  /// otherwise). P holds step k's eliminated v on entry, step k+1's on exit; kKeep also
+  /// writes ψ_{k+1} to Q (trajectories). At point j of the pass, ψ_{k+1,j} is formed,
+  /// the elimination runs at the point before it (whose neighbours are now known) and
+  /// stores its previous value over the point two back (whose ψ_{k+1} was last read).
+  /// 26 flops per point and lane, two loads and four stores per column.
+  template <bool kDown, bool kKeep>
+  void beta_pass() {
+    constexpr int K = kCols;
+    constexpr Index s = kDown ? -1 : 1;
+    Col* p_r = col(pr_);
+    Col* p_i = col(pi_);
+    Col* k_r = col(qr_);
+    Col* k_i = col(qi_);
+    const T* sub_r = kDown ? sh_.m_r : sh_.um_r;  // step k's substitution
+    const T* sub_i = kDown ? sh_.m_i : sh_.um_i;
+    const T* el_r = kDown ? sh_.um_r : sh_.m_r;  // step k+1's elimination
+    const T* el_i = kDown ? sh_.um_i : sh_.m_i;
+    const T ihe = sh_.ihe;
+    const Index j0 = kDown ? n_ - 1 : 0;
+    Col x_r[K], x_i[K], v_r[K], v_i[K];  // ψ_{k+1} at the point before, v' two before
+    for (int c = 0; c < K; ++c) {
+      x_r[c] = p_r[j0 * K + c];  // the substitution's first point: x = v
+      x_i[c] = p_i[j0 * K + c];
+      v_r[c] = v_i[c] = Col{};
+      if constexpr (kKeep) {
+        k_r[j0 * K + c] = x_r[c];
+        k_i[j0 * K + c] = x_i[c];
+      }
+    }
+    for (Index t = 1; t < n_; ++t) {
+      const Index j = j0 + s * t, je = j - s;  // je: the elimination's point
+      Col* q_r = p_r + j * K;
+      Col* q_i = p_i + j * K;
+      Col* z_r = p_r + (je - s) * K;  // ψ_{k+1} there (zero padding at t = 1)
+      Col* z_i = p_i + (je - s) * K;
+      // The scalars are read where they are used, in every column (the stores before
+      // may alias them, so the compiler reloads them): broadcasts from memory, no
+      // registers held across the columns, which would push a recurrence to the stack.
+      for (int c = 0; c < K; ++c) {
+        const T ar = sub_r[j], ai = sub_i[j];
+        const Col y_r = q_r[c] + ar * x_r[c] - ai * x_i[c];  // ψ_{k+1,j}
+        const Col y_i = q_i[c] + ar * x_i[c] + ai * x_r[c];
+        const Col s_r = y_r + z_r[c], s_i = y_i + z_i[c];
+        z_r[c] = v_r[c];
+        z_i[c] = v_i[c];
+        q_r[c] = y_r;
+        q_i[c] = y_i;
+        if constexpr (kKeep) {
+          k_r[j * K + c] = y_r;
+          k_i[j * K + c] = y_i;
+        }
+        beta_eliminate(sh_.beta[je], ihe, el_r[je], el_i[je], x_r[c], x_i[c], s_r, s_i, v_r[c],
+                       v_i[c]);
+        x_r[c] = y_r;
+        x_i[c] = y_i;
+      }
+    }
+    // the elimination's last point, whose outer neighbour is the zero padding
+    const Index je = j0 + s * (n_ - 1);
+    const T b = sh_.beta[je], mr = el_r[je], mi = el_i[je];
+    Col* z_r = p_r + (je - s) * K;
+    Col* z_i = p_i + (je - s) * K;
+    Col* q_r = p_r + je * K;
+    Col* q_i = p_i + je * K;
+    for (int c = 0; c < K; ++c) {
+      const Col s_r = z_r[c], s_i = z_i[c];
+      z_r[c] = v_r[c];
+      z_i[c] = v_i[c];
+      beta_eliminate(b, ihe, mr, mi, x_r[c], x_i[c], s_r, s_i, v_r[c], v_i[c]);
+      q_r[c] = v_r[c];
+      q_i[c] = v_i[c];
+    }
+  }
+
+  /// The last step's back substitution alone (LU when kDown, UL otherwise), in place.
+  template <bool kDown>
+  void beta_last_substitution() {
+    constexpr int K = kCols;
+    constexpr Index s = kDown ? -1 : 1;
+    Col* p_r = col(pr_);
+    Col* p_i = col(pi_);
+    const T* sub_r = kDown ? sh_.m_r : sh_.um_r;
+    const T* sub_i = kDown ? sh_.m_i : sh_.um_i;
+    const Index j0 = kDown ? n_ - 1 : 0;
+    Col x_r[K], x_i[K];
+    for (int c = 0; c < K; ++c) {
+      x_r[c] = p_r[j0 * K + c];
+      x_i[c] = p_i[j0 * K + c];
+    }
+    for (Index t = 1; t < n_; ++t) {
+      const Index j = j0 + s * t;
+      const T ar = sub_r[j], ai = sub_i[j];
+      Col* q_r = p_r + j * K;
+      Col* q_i = p_i + j * K;
+      for (int c = 0; c < K; ++c) {
+        const Col y_r = q_r[c] + ar * x_r[c] - ai * x_i[c];
+        const Col y_i = q_i[c] + ar * x_i[c] + ai * x_r[c];
+        q_r[c] = x_r[c] = y_r;
+        q_i[c] = x_i[c] = y_i;
       }
     }
   }
@@ -798,6 +962,25 @@ void forward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0,
   const bool scaled = sh.c != T(1);  // he > 1: pivots formed scaled (see pivot)
   blk.load(B::Buf::P, psi0, n, 0);
   if (trajectory) blk.store(B::Buf::P, out, stride, 0);
+  if (sh.beta && steps > 0) {  // a constant H: one pass per step (see the file's header)
+    blk.beta_first_elimination();
+    for (Index k = 1; k < steps; ++k) {  // step k−1's substitution, step k's elimination
+      if (stopped(sh)) return;
+      const bool down = (k - 1) % 2 == 0;  // step k−1 was LU
+      if (trajectory) {
+        if (down) blk.template beta_pass<true, true>();
+        else blk.template beta_pass<false, true>();
+        blk.store(B::Buf::Q, out, stride, k * n);
+      } else {
+        if (down) blk.template beta_pass<true, false>();
+        else blk.template beta_pass<false, false>();
+      }
+    }
+    if ((steps - 1) % 2 == 0) blk.template beta_last_substitution<true>();
+    else blk.template beta_last_substitution<false>();
+    blk.store(B::Buf::P, out, stride, trajectory ? steps * n : 0);
+    return;
+  }
   for (Index k = 0; k < steps; ++k) {
     if (stopped(sh)) return;
     if (sh.constant) {
@@ -1000,12 +1183,6 @@ void adjoint2_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0
                                      Index, const std::complex<T>*, const std::complex<T>*,     \
                                      const std::complex<T>*, const std::complex<T>*, bool,      \
                                      const Gradients<T>&, const Gradients<T>&, T* const*);
-#define QUFLOW_INSTANTIATE_FORWARD(T, W)                                                      \
-  template void forward_block<T, W>(const KernelShared<T>&, const KernelWork<T>&, Index, Index, \
-                                    const std::complex<T>*, std::complex<T>*, bool);
-QUFLOW_INSTANTIATE_FORWARD(float, kQuadLanes<float>)
-QUFLOW_INSTANTIATE_FORWARD(double, kQuadLanes<double>)
-#undef QUFLOW_INSTANTIATE_FORWARD
 QUFLOW_INSTANTIATE(float, 1)
 QUFLOW_INSTANTIATE(float, kNarrowLanes<float>)
 QUFLOW_INSTANTIATE(float, kWideLanes<float>)

@@ -29,6 +29,11 @@ struct KernelShared {
   // elimination v_j = α_j ψ_j + m_j (ψ_{j−1} + ψ_{j+1} + v_{j−1}) of M_{+1}, with
   // α_j = (1 − i·h·d_j)/w_j and m_j = i·he/w_j
   const T *alpha_r = nullptr, *alpha_i = nullptr, *m_r = nullptr, *m_i = nullptr;
+  // The β form of the same elimination and the UL factorisation's multipliers (see
+  // cn_kernels.cpp's header): β_j = −d_j/e (its imaginary part −1/he is ihe's), m'_j.
+  // Null when he < 2^−20 (1/he would be large: the α form above is used instead).
+  const T *beta = nullptr, *um_r = nullptr, *um_i = nullptr;
+  T ihe = 0;  // 1/he
   const T* hshape = nullptr;  // (n) h · control shape, zeros without control
   const int* stop = nullptr;  // non-zero: abandon the call (read between steps, atomically)
   // forward mode and second order only (cn_jvp, cn_adjoint2):
@@ -87,15 +92,12 @@ QUFLOW_DECLARE_KERNELS(isa_avx2)
 /// point, which hides the latency of the Thomas recurrences (forward steps and the adjoint
 /// with a control: ~1.3–1.9× faster; the adjoint of a constant Hamiltonian 1.15× in
 /// double, 1.3–1.5× in float), at the price of register pressure (the second-order
-/// adjoint keeps kNarrowLanes). Measured with `make bench-cpp`.
+/// adjoint keeps kNarrowLanes). The constant-H forward's one-pass sweep (beta_pass) also
+/// runs on two registers: four (its former width) hold twice the planes, which outgrow L1
+/// and L2 sooner, and spill its recurrences. Measured with `make bench-cpp`.
 template <class T>
 constexpr int kNarrowLanes = 4 * int(sizeof(double) / sizeof(T));
 template <class T>
 constexpr int kWideLanes = 2 * kNarrowLanes<T>;
-/// Four registers per point: the forward step of a constant H only (forward_block), whose
-/// sweeps carry just v_{j−1} / x_{j+1}; four chains bring it from the recurrences' latency
-/// to the FMA units' throughput.
-template <class T>
-constexpr int kQuadLanes = 4 * kNarrowLanes<T>;
 
 }  // namespace quflow

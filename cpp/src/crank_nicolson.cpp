@@ -55,12 +55,14 @@ bool use_avx2() {
 /// Owns the arrays behind KernelShared.
 template <class T>
 struct SharedData {
-  Vec<T> shape, hshape, dshape, cinv_r, cinv_i, alpha_r, alpha_i, m_r, m_i;
+  Vec<T> shape, hshape, dshape, cinv_r, cinv_i, alpha_r, alpha_i, m_r, m_i, beta, um_r, um_i;
   int stop = 0;  // set (atomically) to abandon every block
   KernelShared<T> view;
 
+  /// beta_form: also the β form's tables (the constant-H forward; see cn_kernels.cpp's
+  /// header), used where he ≥ 2^−20 (1/he stays small).
   SharedData(const System<T>& s, const typename System<T>::Bounds& bounds,
-             const Tangents<T>* tan = nullptr) {
+             const Tangents<T>* tan = nullptr, bool beta_form = false) {
     const Index n = s.n;
     KernelShared<T>& v = view;
     if (tan) {  // forward mode / second order
@@ -125,6 +127,27 @@ struct SharedData {
       v.alpha_i = alpha_i.data();
       v.m_r = m_r.data();
       v.m_i = m_i.data();
+      // The β form: β_j = −h·d_j/he and the UL factorisation's m'_j (pivots from j = n−1
+      // down), formed as above.
+      if (beta_form && he >= L(1) / L(1 << 20)) {
+        for (Vec<T>* a : {&beta, &um_r, &um_i}) a->resize(n);
+        iwr = 0;
+        iwi = 0;
+        for (Index j = n - 1; j >= 0; --j) {
+          const L hdj = h * L(diag[j]);
+          const L wr = c + ch2e2 * iwr, wi = c * hdj + ch2e2 * iwi;
+          const L den = wr * wr + wi * wi;
+          iwr = wr * c / den;
+          iwi = -wi * c / den;
+          beta[j] = T(-hdj / he);
+          um_r[j] = T(-he * iwi);
+          um_i[j] = T(he * iwr);
+        }
+        v.beta = beta.data();
+        v.um_r = um_r.data();
+        v.um_i = um_i.data();
+        v.ihe = T(L(1) / he);
+      }
     }
   }
 };
@@ -495,15 +518,22 @@ struct Workspaces {
   }
 };
 
+/// The largest component check_state() lets through (see System::max_state).
+template <class T>
+double state_limit(const System<T>& sys, const typename System<T>::Bounds& bounds) {
+  return sys.max_state(bounds) / std::sqrt(2.0);
+}
+
 /// A state (or cotangent) must leave the step's intermediate (I ∓ i·dt/2·H)ψ finite:
 /// its largest component (one vectorised pass over the 2·size components; |z| ≤ √2 ×
 /// its larger component) is compared with System::max_state. This is the only scan of
-/// `z`; the binding leaves it to the core, where the GIL is released.
+/// `z`; the binding leaves it to the core, where the GIL is released. Returns that
+/// largest component.
 template <class T>
-void check_state(const System<T>& sys, const typename System<T>::Bounds& bounds,
-                 const std::complex<T>* z, Index size, const char* name) {
+double check_state(const System<T>& sys, const typename System<T>::Bounds& bounds,
+                   const std::complex<T>* z, Index size, const char* name) {
   const double m = System<T>::max_abs(reinterpret_cast<const T*>(z), 2 * size);
-  const double limit = sys.max_state(bounds) / std::sqrt(2.0);
+  const double limit = state_limit(sys, bounds);
   if (m > limit) {
     char buf[320];
     std::snprintf(buf, sizeof buf,
@@ -513,6 +543,7 @@ void check_state(const System<T>& sys, const typename System<T>::Bounds& bounds,
                   name, m, limit, sizeof(T) == 4 ? "float32" : "float64");
     throw std::invalid_argument(buf);
   }
+  return m;
 }
 
 /// The poll to watch a call with, or null when the call is too short to need one.
@@ -524,8 +555,8 @@ const Poll* watch(const System<T>& sys, const Poll& poll) {
 template <class T, int W>
 void forward_w(const System<T>& sys, const std::complex<T>* psi0, std::complex<T>* out,
                bool trajectory, int threads, const Poll& poll,
-               const typename System<T>::Bounds& bounds) {
-  SharedData<T> sh(sys, bounds);
+               const typename System<T>::Bounds& bounds, bool beta_form) {
+  SharedData<T> sh(sys, bounds, nullptr, beta_form);
   const Index blocks = (sys.batch + W - 1) / W;
   const int nt = thread_count(sys, blocks, threads);
   const auto kernel = forward_kernel<T, W>();
@@ -676,16 +707,17 @@ void cn_forward(const System<T>& sys, const std::complex<T>* psi0, std::complex<
   const auto bounds = sys.check();
   QUFLOW_CHECK(psi0 != nullptr && out != nullptr, "psi0 and out must not be null");
   QUFLOW_CHECK(threads >= 1, "threads must be >= 1");
-  check_state(sys, bounds, psi0, sys.batch * sys.n, "psi0");
+  const double m = check_state(sys, bounds, psi0, sys.batch * sys.n, "psi0");
+  // The β form's β_j ψ_j is up to 1/he times larger than what check_state() bounds (he < 1):
+  // states that large (near the type's overflow) take the α form.
+  const double he = double(sys.dt) / 2 / double(sys.dx) / double(sys.dx);
+  const bool beta_form = m <= state_limit(sys, bounds) * std::min(he, 1.0);
   QUFLOW_CHECK(!trajectory || (sys.steps < std::numeric_limits<Index>::max() &&
                                size_fits(sys.batch, sys.steps + 1, sys.n, sizeof(*out))),
                "the trajectory's size overflows");
-  if (sys.constant_hamiltonian() && sys.batch >= kQuadLanes<T>) {
-    forward_w<T, kQuadLanes<T>>(sys, psi0, out, trajectory, threads, poll, bounds);
-    return;
-  }
   with_lanes<T>(sys.batch, true, [&](auto w) {
-    forward_w<T, decltype(w)::value>(sys, psi0, out, trajectory, threads, poll, bounds);
+    forward_w<T, decltype(w)::value>(sys, psi0, out, trajectory, threads, poll, bounds,
+                                     beta_form);
   });
 }
 
