@@ -136,7 +136,12 @@ class Block {
   using V = typename Lanes<T, W>::type;
   static_assert(sizeof(V) == W * sizeof(T), "lane vector size");
 
-  Block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0, Index lanes)
+  /// constant_forward: for forward_block with a constant H, which reads only P and Q
+  /// (written at every point by load() and the sweeps) and the shared tables: only the
+  /// planes' zero padding is set, not the per-lane diagonal and pivots (a short call's
+  /// setup was ~10 % of its time at n = 256).
+  Block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0, Index lanes,
+        bool constant_forward = false)
       : sh_(sh), sys_(*sh.sys), n_(sys_.n), b0_(b0), lanes_(lanes),
         pr_(as_v(wk.pr)), pi_(as_v(wk.pi)), qr_(as_v(wk.qr)), qi_(as_v(wk.qi)),
         gr_(as_v(wk.gr)), gi_(as_v(wk.gi)), fr_(as_v(wk.fr)), fi_(as_v(wk.fi)),
@@ -145,6 +150,11 @@ class Block {
         dbase_(as_v(wk.dbase)), dd_(as_v(wk.dd)), er_(as_v(wk.er)), ei_(as_v(wk.ei)),
         ar_(as_v(wk.ar)), ai_(as_v(wk.ai)) {
     const V zero = {};
+    u_ = du_ = zero;
+    if (constant_forward) {
+      for (V* plane : {pr_, pi_, qr_, qi_}) plane[0] = plane[n_ + 1] = zero;
+      return;
+    }
     for (V* plane : {pr_, pi_, qr_, qi_, gr_, gi_})
       for (Index j = 0; j < n_ + 2; ++j) plane[j] = zero;
     if (sh_.tan) {  // forward mode / second order: tangent planes and δV per lane
@@ -159,7 +169,6 @@ class Block {
         }
       }
     }
-    du_ = zero;
     // lanes past `lanes` are zero states with V = 0 and u = 0: they stay zero
     for (Index j = 0; j < n_; ++j) base_[j] = zero + sh_.two_e;
     for (Index l = 0; l < lanes_; ++l) {
@@ -167,7 +176,6 @@ class Block {
       for (Index j = 0; j < n_; ++j) set_lane(base_[j], l, base_[j][l] + v[j]);
     }
     for (Index j = 0; j < n_; ++j) hbase_[j] = sh_.h * base_[j];
-    u_ = zero;
     if (sh_.constant) {  // the pivots of M_{+1}, once for every step of this block
       for (Index j = 0; j < n_; ++j) {
         fr_[j] = zero + sh_.cinv_r[j];
@@ -958,7 +966,7 @@ void forward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0,
   using B = Block<T, W>;
   const Index n = sh.sys->n, steps = sh.sys->steps;
   const Index stride = trajectory ? (steps + 1) * n : n;
-  B blk(sh, wk, b0, lanes);
+  B blk(sh, wk, b0, lanes, sh.constant);
   const bool scaled = sh.c != T(1);  // he > 1: pivots formed scaled (see pivot)
   blk.load(B::Buf::P, psi0, n, 0);
   if (trajectory) blk.store(B::Buf::P, out, stride, 0);
