@@ -21,7 +21,7 @@
 //   x_j = v_j + m_j x_{j+1}                        (back substitution, j = n−2 … 0)
 // M_σ is complex symmetric with Hermitian part I, hence the stability of the pivots.
 //
-// The forward step of a constant H (forward_const) eliminates in the β form
+// The forward step of a constant H (forward_block → beta_pass) eliminates in the β form
 //   v_j = m_j (β_j ψ_j + ψ_{j−1} + ψ_{j+1} + v_{j−1}),   β_j = (1 − i·h·d_j)/(i·he)
 //                                                          = −d_j/e − i/he,
 // i.e. r_j/w_j + m_j v_{j−1} with r = M_{−1} ψ (m_j β_j = (1 − i·h·d_j)/w_j): three
@@ -32,6 +32,9 @@
 //   x_0 = v'_0, x_j = v'_j + m'_j x_{j−1}                  (j = 1 … n−1)),
 // so a step's back substitution runs the way the next step's elimination does, and the two
 // share one sweep over the planes, the elimination a point behind: one pass per step.
+// Where 1/he would be large (he < 2^−20, or a state within 1/he of its type's overflow;
+// cn_forward decides, KernelShared::beta is then null) the two-sweep α form
+// (forward_step_const) runs instead.
 #include "cn_kernels.hpp"
 
 #include <type_traits>
@@ -427,7 +430,7 @@ class Block {
   /// by side, each column's arithmetic written out in turn, so that its temporaries are
   /// reused and only v_{j−1} (x_{j+1}) of each column stays live. Two sweeps per step; the
   /// forward of a constant H takes it only where the β form's 1/he would be large
-  /// (he < 2^−20, see forward_block), else beta_pass().
+  /// (see the file's header), else beta_pass().
   void forward_step_const() {
     constexpr int kN = W * int(sizeof(T)) <= kRegisterBytes ? W : kRegisterBytes / int(sizeof(T));
     using R = typename LaneVector<T, kN>::type;
@@ -458,18 +461,7 @@ class Block {
       last_r[c] = vp_r[c];
       last_i[c] = vp_i[c];
     }
-    // x_j = v_j + m_j x_{j+1}, j = n−2 … 0; vp holds x_{j+1}
-    for (Index j = n_ - 2; j >= 0; --j) {
-      const T mr = sh_.m_r[j], mi = sh_.m_i[j];
-      R* q_r = p_r + j * K;
-      R* q_i = p_i + j * K;
-      for (int c = 0; c < K; ++c) {
-        const R yr = q_r[c] + mr * vp_r[c] - mi * vp_i[c];
-        const R yi = q_i[c] + mr * vp_i[c] + mi * vp_r[c];
-        q_r[c] = vp_r[c] = yr;
-        q_i[c] = vp_i[c] = yi;
-      }
-    }
+    back_substitution<true>();  // x_j = v_j + m_j x_{j+1}, j = n−2 … 0
   }
 
   // ---- the constant-H forward in the β form, one pass per step (see the file's header) ----
@@ -593,9 +585,10 @@ class Block {
     }
   }
 
-  /// The last step's back substitution alone (LU when kDown, UL otherwise), in place.
+  /// A step's back substitution alone (LU when kDown, UL otherwise), in place: the last
+  /// step of the one-pass forward, and every step of the two-sweep α form (LU).
   template <bool kDown>
-  void beta_last_substitution() {
+  void back_substitution() {
     constexpr int K = kCols;
     constexpr Index s = kDown ? -1 : 1;
     Col* p_r = col(pr_);
@@ -988,8 +981,8 @@ void forward_block(const KernelShared<T>& sh, const KernelWork<T>& wk, Index b0,
         else blk.template beta_pass<false, false>();
       }
     }
-    if ((steps - 1) % 2 == 0) blk.template beta_last_substitution<true>();
-    else blk.template beta_last_substitution<false>();
+    if ((steps - 1) % 2 == 0) blk.template back_substitution<true>();
+    else blk.template back_substitution<false>();
     blk.store(B::Buf::P, out, stride, trajectory ? steps * n : 0);
     return;
   }
