@@ -432,12 +432,10 @@ class Block {
   /// forward of a constant H takes it only where the β form's 1/he would be large
   /// (see the file's header), else beta_pass().
   void forward_step_const() {
-    constexpr int kN = W * int(sizeof(T)) <= kRegisterBytes ? W : kRegisterBytes / int(sizeof(T));
-    using R = typename LaneVector<T, kN>::type;
-    constexpr int K = W / kN;
-    static_assert(sizeof(R) * K == sizeof(V), "columns");
-    R* p_r = reinterpret_cast<R*>(pr_ + 1);  // point j, column c: p_r[j·K + c]
-    R* p_i = reinterpret_cast<R*>(pi_ + 1);
+    using R = Col;
+    constexpr int K = kCols;
+    R* p_r = col(pr_);  // point j, column c: p_r[j·K + c]
+    R* p_i = col(pi_);
     R vp_r[K], vp_i[K];  // v_{j−1}
     for (int c = 0; c < K; ++c) vp_r[c] = vp_i[c] = R{};
     for (Index j = 0; j < n_; ++j) {
@@ -470,6 +468,7 @@ class Block {
       W * int(sizeof(T)) <= kRegisterBytes ? W : kRegisterBytes / int(sizeof(T));
   using Col = typename LaneVector<T, kColLanes>::type;
   static constexpr int kCols = W / kColLanes;
+  static_assert(sizeof(Col) * kCols == sizeof(V), "columns");
   Col* col(V* plane) const { return reinterpret_cast<Col*>(plane + 1); }
 
   /// u = β_j ψ_j + t (t = ψ_{j−1} + ψ_{j+1} + v_{j∓1}, added last: it carries the chain),
