@@ -342,8 +342,8 @@ class Block {
   }
 
   /// One forward-elimination step v ← r/w + m·v (complex, every lane), 1/w = iw.
-  QUFLOW_INLINE static void eliminate(const V& iw_r, const V& iw_i, const V& mr, const V& mi, const V& rr,
-                        const V& ri, V& v_r, V& v_i) {
+  QUFLOW_INLINE static void eliminate(const V& iw_r, const V& iw_i, const V& mr, const V& mi,
+                                      const V& rr, const V& ri, V& v_r, V& v_i) {
     const V ar = iw_r * rr - iw_i * ri, ai = iw_r * ri + iw_i * rr;
     const V vr = ar + mr * v_r - mi * v_i;
     const V vi = ai + mr * v_i + mi * v_r;
@@ -352,7 +352,8 @@ class Block {
   }
 
   /// One back-substitution step x ← v + m·x (complex, every lane).
-  QUFLOW_INLINE static void substitute(const V& mr, const V& mi, const V& v_r, const V& v_i, V& x_r, V& x_i) {
+  QUFLOW_INLINE static void substitute(const V& mr, const V& mi, const V& v_r, const V& v_i,
+                                       V& x_r, V& x_i) {
     const V yr = v_r + mr * x_r - mi * x_i;
     const V yi = v_i + mr * x_i + mi * x_r;
     x_r = yr;
@@ -473,8 +474,9 @@ class Block {
 
   /// u = β_j ψ_j + t (t = ψ_{j−1} + ψ_{j+1} + v_{j∓1}, added last: it carries the chain),
   /// then v = m_j u; β_j ψ_j = (b ψ_r + ψ_i/he, b ψ_i − ψ_r/he). 12 + 6 flops.
-  QUFLOW_INLINE static void beta_eliminate(T b, T ihe, T mr, T mi, const Col& x_r, const Col& x_i,
-                             const Col& s_r, const Col& s_i, Col& v_r, Col& v_i) {
+  QUFLOW_INLINE static void beta_eliminate(T b, T ihe, T mr, T mi, const Col& x_r,
+                                           const Col& x_i, const Col& s_r, const Col& s_i,
+                                           Col& v_r, Col& v_i) {
     const Col ur = ((b * x_r + ihe * x_i) + s_r) + v_r;
     const Col ui = ((b * x_i - ihe * x_r) + s_i) + v_i;
     v_r = mr * ur - mi * ui;
