@@ -227,6 +227,77 @@ def test_third_order_raises_a_clear_error():
         torch.autograd.grad(h.sum(), v)
 
 
+def _fidelity_of_control(case, target, dense=False):
+    p, v, _, w = case.inputs()
+
+    def f(u):
+        if dense:
+            out = dense_crank_nicolson(p, v, DT, GRID.dx, case.steps, u, w)
+        else:
+            out = quflow.crank_nicolson(p, v, dt=DT, dx=GRID.dx, control=u, control_shape=w)
+        return (target.conj() * out).sum(-1).abs().pow(2).sum()
+    return f
+
+
+HIGHER = {  # derivatives that are not implemented: each must raise, never return zeros
+    "jacfwd(hessian)": lambda f: jacfwd(hessian(f)),
+    "jacfwd(jacfwd(jacfwd))": lambda f: jacfwd(jacfwd(jacfwd(f))),
+    "jacrev(hessian)": lambda f: jacrev(hessian(f)),
+    "jacfwd(jacfwd)": lambda f: jacfwd(jacfwd(f)),
+    "jacrev(jacfwd)": lambda f: jacrev(jacfwd(f)),
+}
+
+
+@pytest.mark.parametrize("transform", HIGHER)
+def test_derivatives_of_forward_mode_and_third_order_raise(transform):
+    """Forward mode over a bare custom operator drops its tangent; before the guard
+    jacfwd(hessian(f)) returned ~1e-19 where the dense reference gives ~1e-3, and
+    jacfwd(jacfwd(f)) a wrong Hessian. The dense reference shows the values are not zero."""
+    case = _cases()[2]
+    target = quflow.random_states(GRID, 3, seed=4)
+    u = case.control.detach().clone()
+    want = HIGHER[transform](_fidelity_of_control(case, target, dense=True))(u)
+    assert want.abs().max() > 1e-4
+    with pytest.raises(RuntimeError, match="third derivatives are not implemented"):
+        HIGHER[transform](_fidelity_of_control(case, target))(u)
+
+
+def test_forward_mode_over_double_backward_raises():
+    import torch.autograd.forward_ad as fwAD
+
+    case = _cases()[2]
+    f = _fidelity_of_control(case, quflow.random_states(GRID, 3, seed=4))
+    with fwAD.dual_level():
+        u = fwAD.make_dual(case.control.detach().clone().requires_grad_(),
+                           torch.ones_like(case.control))
+        (g,) = torch.autograd.grad(f(u), u, create_graph=True)
+        with pytest.raises(RuntimeError, match="third derivatives are not implemented"):
+            torch.autograd.grad(g.sum(), u, create_graph=True)
+
+
+def test_second_derivatives_that_are_implemented_match_dense():
+    """hessian (forward over reverse), jacrev(jacrev), and jacfwd(jacfwd) in ψ0 alone (the
+    map is linear in ψ0, so its inner tangent needs no second-order kernel)."""
+    case = _cases()[2]
+    target = quflow.random_states(GRID, 3, seed=4)
+    u = case.control.detach().clone()
+    want = hessian(_fidelity_of_control(case, target, dense=True))(u)
+    for transform in (hessian, lambda f: jacrev(jacrev(f))):
+        got = transform(_fidelity_of_control(case, target))(u)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    p, v, u, w = case.inputs()
+
+    def in_psi0(x, dense=False):
+        psi = torch.complex(x[..., :6], x[..., 6:])
+        out = (dense_crank_nicolson(psi, v, DT, GRID.dx, case.steps, u, w) if dense else
+               quflow.crank_nicolson(psi, v, dt=DT, dx=GRID.dx, control=u, control_shape=w))
+        return (target.conj() * out).sum(-1).abs().pow(2).sum()
+
+    x = torch.cat([p.real, p.imag], -1)
+    torch.testing.assert_close(jacfwd(jacfwd(in_psi0))(x),
+                               hessian(lambda x: in_psi0(x, dense=True))(x), atol=1e-12, rtol=0)
+
+
 def test_forward_mode_in_float_matches_double():
     c64, c128 = _cases(torch.complex64)[3], _cases()[3]
     tangents = [torch.randn(t.shape, dtype=t.dtype, generator=torch.Generator().manual_seed(2))
@@ -385,6 +456,29 @@ def test_compiled_bad_input_raises_the_eager_error():
         f(u)
     with pytest.raises(ValueError, match="control: contains NaN or Inf"):
         torch.compile(f, fullgraph=True, backend="aot_eager")(u)
+
+
+@pytest.mark.parametrize("dynamic", [None, True], ids=["default", "dynamic"])
+def test_compiled_with_python_float_dt_dx(dynamic):
+    """Python-float dt and dx become symbols in the graph (dynamic=True, or on recompiling
+    for a second value): before, math.isfinite on them broke the fullgraph compile."""
+    psi = quflow.random_states(GRID, 2, seed=1)
+
+    def f(u, dt, dx):
+        out = quflow.crank_nicolson(psi, dt=dt, dx=dx, control=u, control_shape=GRID.x)
+        return out.abs().pow(2).mul(GRID.x).sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+    u = torch.ones(2, 3, dtype=torch.float64, requires_grad=True)
+    for dt, dx in [(0.2, GRID.dx), (0.1, GRID.dx), (0.1, 1.1 * GRID.dx), (0.05, 0.3)]:
+        got, want = compiled(u, dt, dx), f(u, dt, dx)
+        torch.testing.assert_close(got, want, atol=1e-14, rtol=0)
+        torch.testing.assert_close(torch.autograd.grad(got, u)[0],
+                                   torch.autograd.grad(want, u)[0], atol=1e-14, rtol=0)
+    for dt, dx, name in [(-0.1, GRID.dx, "dt"), (0.1, float("inf"), "dx")]:
+        with pytest.raises(ValueError, match=f"{name}: expected a finite number > 0"):
+            compiled(u, dt, dx)
 
 
 def test_bad_tangents_are_named():

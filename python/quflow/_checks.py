@@ -66,6 +66,11 @@ def positive_float(name: str, x: object) -> float:
             raise TypeError(f"{name}: gradients with respect to {name} are not supported; "
                             f"pass a plain number")
         x = x.item()
+    if torch.compiler.is_compiling() and not isinstance(x, (torch.Tensor, bool, int, str)):
+        # torch.compile traces a Python float as a symbol (dynamic=True, or once a second
+        # value has been seen), which math.isfinite would turn into a graph break: the
+        # kernels check it at run time instead and raise the same ValueError
+        return x
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(x).__name__}")
     value = float(x)

@@ -226,7 +226,7 @@ def _final(x: Tensor, trajectory: bool) -> Tensor:
 
 
 def second_order(psi0, potential, control, control_shape, grad, cot, cfg: Config, need,
-                 extra=None):
+                 extra=None, guarded: bool = False):
     """The derivatives of G(θ, g) = Jᵀ·g, from one cn_jvp and one cn_adjoint2.
 
     With c = ``cot`` (the cotangents of G's four outputs, or the tangents of θ in forward
@@ -237,13 +237,16 @@ def second_order(psi0, potential, control, control_shape, grad, cot, cfg: Config
                                             ``cfg.trajectory``).
 
     Both are what double backward needs (a = 0), and the first with a = δg is G's JVP.
+    ``guarded``: the kernels run through :class:`_Last` (the eager formulas), so that any
+    further derivative of these values raises instead of being dropped.
     """
+    jvp, adjoint2 = (_last_jvp, _last_adjoint2) if guarded else (_jvp, _adjoint2)
     tpsi0, tpot, tctl, tshape = (_none_if_empty(x) for x in cot)
     if tpsi0 is not None:
         tpsi0 = tpsi0.to(psi0.dtype)
-    out, tout = _jvp(psi0, potential, control, control_shape, tpsi0, tpot, tctl, tshape,
-                     cfg.dt, cfg.dx, cfg.steps, cfg.trajectory, cfg.threads)
-    grads = _adjoint2(
+    out, tout = jvp(psi0, potential, control, control_shape, tpsi0, tpot, tctl, tshape,
+                    cfg.dt, cfg.dx, cfg.steps, cfg.trajectory, cfg.threads)
+    grads = adjoint2(
         _final(out, cfg.trajectory), _final(tout, cfg.trajectory), extra, grad, psi0,
         potential, control, control_shape, tpot, tctl, tshape, cfg.dt, cfg.dx, cfg.steps,
         list(need) + [False] * 4, cfg.threads)
@@ -293,14 +296,68 @@ def _backward_backward(ctx, *cot):
 cn_backward.register_autograd(_backward_backward, setup_context=_backward_setup)
 
 
+_NOT_IMPLEMENTED = (
+    "quflow: crank_nicolson has first derivatives in both modes and second derivatives "
+    "as reverse over reverse (double backward, create_graph=True) or forward over reverse "
+    "(torch.func.hessian, jacfwd(jacrev(f)), Hessian–vector products); derivatives of a "
+    "forward-mode derivative (jacfwd(jacfwd(f)), jacrev(jacfwd(f))) and third derivatives "
+    "are not implemented")
+
+
 def _third_order(ctx, *grads):
-    raise RuntimeError("quflow: crank_nicolson is differentiable twice (forward mode, "
-                       "backward, double backward, Hessian–vector products); third "
-                       "derivatives are not implemented")
+    raise RuntimeError(_NOT_IMPLEMENTED)
 
 
 for _op in (cn_jvp, cn_adjoint2):
     _op.register_autograd(_third_order, setup_context=lambda ctx, inputs, output: None)
+
+_LAST_KERNELS = (_forward, _jvp, _adjoint2)
+
+
+class _Last(torch.autograd.Function):
+    """A kernel call inside an eager derivative formula (a JVP, a second-order term): the
+    value is exact, and differentiating it once more, in either mode, raises.
+
+    PyTorch's custom operators have no forward-mode rule: a forward-mode transform over a
+    bare operator call would drop its tangent and return zeros silently (a JVP of a JVP, a
+    third derivative). Reverse mode over the bare operators already raises (see
+    ``_third_order``); this makes forward mode do the same."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(kernel: int, *args):
+        if kernel == 2:  # the flags, unpacked (see _last_adjoint2)
+            *head, need, threads = args
+            args = (*head, _unmask(need, 8), threads)
+        out = _LAST_KERNELS[kernel](*args)
+        return tuple(out) if isinstance(out, list) else out
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_NOT_IMPLEMENTED)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError(_NOT_IMPLEMENTED)
+
+
+def _last_forward(*args):
+    return _Last.apply(0, *args)
+
+
+def _last_jvp(*args):
+    return _Last.apply(1, *args)
+
+
+def _last_adjoint2(*args):
+    # ``need`` (a list) as flags in one int: functorch would take a list for inputs
+    *head, need, threads = args
+    return list(_Last.apply(2, *head, _mask(need), threads))
 
 
 # The eager path: autograd.Functions over the same operators, with forward mode and the
@@ -354,9 +411,9 @@ class CrankNicolson(torch.autograd.Function):
             if tpsi0 is None:
                 return None, None
             # linear in ψ0: the tangent is the propagation of δψ0 itself (one forward)
-            return _forward(tpsi0, potential, control, control_shape, cfg.dt, cfg.dx,
-                            cfg.steps, cfg.trajectory, cfg.threads), None
-        _, tout = _jvp(psi0, potential, control, control_shape, tpsi0, tpotential, tcontrol,
+            return _last_forward(tpsi0, potential, control, control_shape, cfg.dt, cfg.dx,
+                                 cfg.steps, cfg.trajectory, cfg.threads), None
+        _, tout = _last_jvp(psi0, potential, control, control_shape, tpsi0, tpotential, tcontrol,
                        tcontrol_shape, cfg.dt, cfg.dx, cfg.steps, cfg.trajectory, cfg.threads)
         return tout, None
 
@@ -366,8 +423,8 @@ def _mask(need) -> int:
     return sum(1 << i for i, w in enumerate(need) if w)
 
 
-def _unmask(mask: int) -> list[bool]:
-    return [bool(mask >> i & 1) for i in range(4)]
+def _unmask(mask: int, count: int = 4) -> list[bool]:
+    return [bool(mask >> i & 1) for i in range(count)]
 
 
 class Backward(torch.autograd.Function):
@@ -397,7 +454,7 @@ class Backward(torch.autograd.Function):
         psi0, potential, control, control_shape, grad = ctx.saved_tensors
         need = list(ctx.needs_input_grad[:4])
         grads, tout = second_order(psi0, potential, control, control_shape, grad, cot, ctx.cfg,
-                                   need)
+                                   need, guarded=True)
         g_grad = tout if ctx.needs_input_grad[4] else None
         return (*(_maybe(g, w) for g, w in zip(grads, need)), g_grad, None, None, None)
 
@@ -407,7 +464,7 @@ class Backward(torch.autograd.Function):
         extra = None if tgrad is None else tgrad.to(grad.dtype)
         grads, _ = second_order(psi0, potential, control, control_shape, grad,
                                 (tpsi0, tpotential, tcontrol, tcontrol_shape), ctx.cfg,
-                                ctx.need, extra)
+                                ctx.need, extra, guarded=True)
         return tuple(g if w else None for g, w in zip(grads, ctx.need))
 
 
