@@ -65,17 +65,17 @@ def test_known_values_and_phase_invariance():
                                base, atol=1e-13, rtol=0)
 
 
-def test_real_layout_inputs_equal_complex_inputs():
+def test_split_layout_inputs_equal_complex_inputs():
     p, t = _states((4, 3), seed=5), _states((4, 3), seed=6)
     for mode in ("standard", "modified", "l2"):
         yp = quflow.to_real(p).requires_grad_()
-        loss_real = quflow.fidelity_loss(yp, quflow.to_real(t), gradient=mode)
+        loss_real = quflow.fidelity_loss(yp, quflow.to_real(t), gradient=mode, layout="split")
         loss_real.backward()
         loss_c, gp, _ = _grads(p, t, mode)
         torch.testing.assert_close(loss_real.detach(), loss_c, atol=1e-14, rtol=0)
         torch.testing.assert_close(yp.grad, quflow.to_real(gp), atol=1e-14, rtol=0)
-    # mixed: real pred, complex target
-    torch.testing.assert_close(quflow.fidelity_loss(quflow.to_real(p), t),
+    # mixed: real pred in the split layout, complex target
+    torch.testing.assert_close(quflow.fidelity_loss(quflow.to_real(p), t, layout="split"),
                                quflow.fidelity_loss(p, t), atol=1e-14, rtol=0)
 
 
@@ -179,7 +179,152 @@ def test_fidelity_loss_module():
     crit = quflow.FidelityLoss(gradient="l2", reduction="sum")
     p, t = _states((3, 2), seed=20), _states((3, 2), seed=21)
     assert torch.equal(crit(p, t), quflow.fidelity_loss(p, t, gradient="l2", reduction="sum"))
-    assert "gradient='l2'" in repr(crit)
+    assert "gradient='l2'" in repr(crit) and "layout='amplitudes'" in repr(crit)
+    split = quflow.FidelityLoss(layout="split")
+    y, z = quflow.to_real(p), quflow.to_real(t)
+    assert torch.equal(split(y, z), quflow.fidelity_loss(y, z, layout="split"))
+
+
+# ---------------------------------------------------------------- real wavefunctions (issue 23)
+
+REAL_TOL = {torch.float64: 1e-13, torch.float32: 1e-5}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_real_eigenstates_are_real_wavefunctions(dtype):
+    """Box eigenstates are orthonormal: L(φ_i, φ_j) = 1 − δ_ij. The former default read a
+    real (n,) tensor as [Re ψ, Im ψ] of n/2 components and gave 0.180 for φ₁, φ₂."""
+    phi = quflow.Grid(n=20, length=2.0).eigenstates(3, dtype=dtype)  # (3, 20) real
+    assert phi.dtype == dtype
+    out = quflow.fidelity_loss(phi[:, None, :], phi[None, :, :], reduction="none")
+    assert out.shape == (3, 3) and out.dtype == dtype
+    torch.testing.assert_close(out, 1 - torch.eye(3, dtype=dtype), atol=REAL_TOL[dtype], rtol=0)
+    assert abs(quflow.fidelity_loss(phi[0], phi[1]).item() - 1) < REAL_TOL[dtype]
+    assert abs(quflow.FidelityLoss()(phi[2], phi[2]).item()) < REAL_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("gradient", ["standard", "modified", "l2"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("path", ["direct", "scaled"])
+def test_real_inputs_equal_their_complex_promotion(dtype, gradient, reduction, path, monkeypatch):
+    """A real (B, n) pred/target is the complex state with zero imaginary part: the same
+    losses, and gradients equal to the real part of the complex gradients, in every mode,
+    reduction and both backward paths (the scaled one forced by refusing the direct terms).
+    n = 6 is even, so the former default silently read it as 3 complex components."""
+    if path == "scaled":
+        from quflow import fidelity
+        monkeypatch.setattr(fidelity, "_direct_terms", lambda p, t: None)
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    p, t = _states((5, 6), cdtype, 60, scale=2.0).real, _states((5, 6), cdtype, 61).real
+    loss_r, gp_r, gt_r = _grads(p, t, gradient, reduction)
+    loss_c, gp_c, gt_c = _grads(p.to(cdtype), t.to(cdtype), gradient, reduction)
+    assert loss_r.dtype == dtype and gp_r.dtype == dtype and gt_r.dtype == dtype
+    tol = REAL_TOL[dtype]
+    torch.testing.assert_close(loss_r, loss_c, atol=tol, rtol=0)
+    torch.testing.assert_close(gp_r, gp_c.real, atol=tol, rtol=0)
+    torch.testing.assert_close(gt_r, gt_c.real, atol=tol, rtol=0)
+    assert gp_c.imag.abs().max() <= tol  # real states: the complex gradient is real too
+    if gradient == "standard":  # and it is the real gradient of the dense formula
+        p2, t2 = p.clone().requires_grad_(), t.clone().requires_grad_()
+        ref = _value_reference(p2, t2)
+        {"mean": ref.mean, "sum": ref.sum, "none": ref.sum}[reduction]().backward()
+        torch.testing.assert_close(gp_r, p2.grad, atol=tol, rtol=0)
+        torch.testing.assert_close(gt_r, t2.grad, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("path", ["direct", "scaled"])
+def test_real_input_gradients_pass_gradcheck(path, monkeypatch):
+    """The standard gradient is exact for real amplitudes, for real and mixed real/complex
+    inputs, first and second order, on both backward paths; double precision."""
+    if path == "scaled":
+        from quflow import fidelity
+        monkeypatch.setattr(fidelity, "_direct_terms", lambda p, t: None)
+    p = _states((3, 4), seed=62).real.clone().requires_grad_()
+    t = _states((3, 4), seed=63).real.clone().requires_grad_()
+    tc = _states((4,), seed=64).requires_grad_()  # complex, broadcast over the batch
+    for reduction in ("mean", "none"):
+        def f(a, b):
+            return quflow.fidelity_loss(a, b, gradient="standard", reduction=reduction)
+        for inputs in ((p, t), (p, tc), (tc, p)):
+            assert torch.autograd.gradcheck(f, inputs)
+            assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_real_input_under_torch_func_grad():
+    """torch.func.grad through a real pred equals the eager gradient."""
+    p, t = _states((4, 5), seed=65).real, _states((4, 5), seed=66)
+    for mode in ("standard", "modified", "l2"):
+        got = torch.func.grad(lambda a: quflow.fidelity_loss(a, t, gradient=mode))(p)
+        _, want, _ = _grads(p, t, mode)
+        torch.testing.assert_close(got, want, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("pred_dtype,target_dtype,out_dtype", [
+    (torch.float32, torch.complex128, torch.float64),
+    (torch.float64, torch.complex64, torch.float64),
+    (torch.complex64, torch.float32, torch.float32),
+    (torch.float32, torch.float64, torch.float64),
+])
+def test_mixed_real_and_complex_inputs_are_promoted(pred_dtype, target_dtype, out_dtype):
+    """One real and one complex (or two precisions): both promoted to the complex dtype of
+    the higher precision; each gradient comes back in its input's dtype. n = 6."""
+    p = _states((3, 6), seed=67)
+    t = _states((3, 6), seed=68)
+    p = (p.real if not pred_dtype.is_complex else p).to(pred_dtype)
+    t = (t.real if not target_dtype.is_complex else t).to(target_dtype)
+    loss, gp, gt = _grads(p, t, "standard", "none")
+    assert loss.dtype == out_dtype and gp.dtype == pred_dtype and gt.dtype == target_dtype
+    ref = _value_reference(p.to(torch.complex128), t.to(torch.complex128))
+    tol = REAL_TOL[out_dtype] if p.real.dtype == t.real.dtype else REAL_TOL[torch.float32]
+    torch.testing.assert_close(loss.double(), ref, atol=tol, rtol=0)
+
+
+def _split_reference(y):
+    """[Re ψ, Im ψ] (..., 2n) → complex ψ, written out independently of quflow."""
+    n = y.shape[-1] // 2
+    return y[..., :n] + 1j * y[..., n:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("gradient", ["standard", "modified", "l2"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_split_layout_is_the_former_default(dtype, gradient, reduction):
+    """layout="split" reads a real (B, 2n) tensor as [Re ψ, Im ψ], as every real input was
+    read before: values and real gradients against the dense formula on the hand-split
+    states (standard: its autograd; modified: standard/√(1 − L_i), the paper's eq. 6;
+    l2: ∂ of ½‖y_p − y_t‖² = y_p − y_t), each weighted by the reduction."""
+    gen = torch.Generator().manual_seed(69)
+    yp = (3 * torch.randn(5, 8, generator=gen, dtype=torch.float64)).to(dtype)
+    yt = torch.randn(5, 8, generator=gen, dtype=torch.float64).to(dtype)
+    p, t = yp.clone().requires_grad_(), yt.clone().requires_grad_()
+    loss = quflow.fidelity_loss(p, t, gradient=gradient, reduction=reduction, layout="split")
+    (loss if loss.ndim == 0 else loss.sum()).backward()
+    rp, rt = yp.double().requires_grad_(), yt.double().requires_grad_()
+    per_sample = _value_reference(_split_reference(rp), _split_reference(rt))  # (5,)
+    weight = 1 / 5 if reduction == "mean" else 1.0
+    (weight * per_sample.sum()).backward()
+    want = {"mean": per_sample.mean(), "sum": per_sample.sum(), "none": per_sample}[reduction]
+    tol = REAL_TOL[dtype]
+    assert loss.dtype == dtype and p.grad.dtype == dtype
+    torch.testing.assert_close(loss.detach().double(), want.detach(), atol=tol, rtol=0)
+    if gradient == "standard":
+        want_p, want_t = rp.grad, rt.grad
+    elif gradient == "modified":
+        k = 1 / torch.sqrt(1 - per_sample.detach())[:, None]
+        want_p, want_t = rp.grad * k, rt.grad * k
+    else:
+        want_p, want_t = weight * (yp - yt).double(), weight * (yt - yp).double()
+    scale = max(want_p.abs().max().item(), want_t.abs().max().item())
+    torch.testing.assert_close(p.grad.double(), want_p, atol=tol * scale, rtol=0)
+    torch.testing.assert_close(t.grad.double(), want_t, atol=tol * scale, rtol=0)
+
+
+def test_module_docstring_examples_run():
+    import doctest
+    from quflow import fidelity
+    result = doctest.testmod(fidelity)
+    assert result.attempted >= 10 and result.failed == 0
 
 
 # ---------------------------------------------------------------- bad input
@@ -187,8 +332,21 @@ def test_fidelity_loss_module():
 @pytest.mark.parametrize("call,exc,msg", [
     (lambda: quflow.fidelity_loss([1.0, 0.0], torch.ones(2)), TypeError, "pred: expected a torch.Tensor"),
     (lambda: quflow.fidelity_loss(torch.ones(2, dtype=torch.int64), torch.ones(2)), TypeError, "pred: expected a complex"),
-    (lambda: quflow.fidelity_loss(torch.ones(3), torch.ones(4)), ValueError, "pred: a real pred must have an even"),
-    (lambda: quflow.fidelity_loss(torch.ones(4), torch.ones(3, dtype=torch.complex128)), ValueError, "n = 2 and n = 3"),
+    (lambda: quflow.fidelity_loss(torch.ones(3), torch.ones(4), layout="split"), ValueError,
+     r"pred: with layout='split' a real pred must have an even last dimension 2n .* shape \(3,\)"),
+    (lambda: quflow.fidelity_loss(torch.ones(4), torch.ones(2, 5), layout="split"), ValueError,
+     r"target: with layout='split' a real target must have an even"),
+    (lambda: quflow.fidelity_loss(torch.ones(4), torch.ones(3, dtype=torch.complex128), layout="split"),
+     ValueError, "target: the state has n = 3 components but pred has n = 2$"),
+    (lambda: quflow.fidelity_loss(torch.ones(4), torch.ones(3)), ValueError,
+     "target: the state has n = 3 components but pred has n = 4$"),
+    (lambda: quflow.fidelity_loss(torch.ones(2, dtype=torch.complex128), torch.ones(4)), ValueError,
+     r"target: the state has n = 4 components but pred has n = 2; a real tensor in the "
+     r"to_real layout \[Re ψ, Im ψ\] needs layout='split'"),
+    (lambda: quflow.fidelity_loss(torch.ones(2), torch.ones(2), layout="real"), ValueError,
+     r"layout: expected one of \('amplitudes', 'split'\), got 'real'"),
+    (lambda: quflow.FidelityLoss(layout="Split"), ValueError, "layout: expected one of"),
+    (lambda: quflow.fidelity_loss(torch.tensor(1.0), torch.ones(2)), ValueError, "pred: expected shape"),
     (lambda: quflow.fidelity_loss(torch.ones(3, 4), torch.ones(2, 4)), ValueError, "do not broadcast"),
     (lambda: quflow.fidelity_loss(torch.tensor([1.0, float("nan")]), torch.ones(2)), ValueError, "pred: contains NaN"),
     (lambda: quflow.fidelity_loss(torch.ones(2), torch.tensor([float("inf"), 0.0])), ValueError, "target: contains NaN"),
@@ -243,6 +401,110 @@ def test_modified_gradient_is_finite_at_a_subnormal_overlap(dtype, tiny):
     _, gp, gt = _grads(p, t, "modified")
     assert torch.isfinite(gp).all() and torch.isfinite(gt).all()
     torch.testing.assert_close(gp, -2 * t, atol=1e-6, rtol=0)  # the documented phase-1 limit
+
+
+# ---------------------------------------------------------------- subnormal states (issue 23)
+
+SUBNORMAL = {torch.complex128: (1e-310, 1030), torch.complex64: (1e-40, 133)}  # (c, k): c·2^k ≈ 1
+SUBNORMAL_TOL = {torch.complex128: 1e-14, torch.complex64: 2e-6}  # vs the exact rescaling
+# vs the normal-scale state: c·p rounds each component to the subnormal grid (spacing
+# 2^-1074 / 2^-149, i.e. 2.5e-14 / 1.4e-5 of c), so the state itself moves by that much
+ROUNDED_TOL = {torch.complex128: 2e-13, torch.complex64: 1e-4}
+
+
+def _times_pow2(x, k):
+    """x·2^k exactly (powers of two), in steps that stay within float32's range."""
+    while k:
+        step = max(-60, min(60, k))
+        x, k = x * 2.0 ** step, k - step
+    return x
+
+
+def _weighted_grads(p, t, gradient, reduction, weight):
+    """(loss, ∂p, ∂t) of weight·Σ loss (the loss itself for mean/sum): upstream gradients
+    of size `weight`, so that a gradient ~1/scale stays inside the dtype's range."""
+    p = p.detach().clone().requires_grad_()
+    t = t.detach().clone().requires_grad_()
+    loss = quflow.fidelity_loss(p, t, gradient=gradient, reduction=reduction)
+    g = weight * torch.arange(1, loss.numel() + 1, dtype=loss.dtype).reshape(loss.shape)
+    loss.backward(g)
+    return loss.detach(), p.grad, t.grad
+
+
+def _relative_error(got, want):
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("gradient", ["standard", "modified", "l2"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("which", ["pred", "target", "both"])
+def test_all_subnormal_states_equal_the_rescaled_state(dtype, gradient, reduction, which):
+    """States whose every component is subnormal (1e-310 in double, 1e-40 in float: NaN
+    loss and gradient before). The oracle is the same state multiplied by an exact power
+    of two 2^k into the normal range: L is scale invariant, so L(x) = L(2^k·x) and
+    ∇L(x) = 2^k·∇L(2^k·x) for standard/modified (l2: ∂p = g·(p − t) as given); both are
+    also compared with the unrounded normal-scale state (ROUNDED_TOL). The upstream
+    gradient is 2^-64 (times 1..B for "none"; l2: 1), as ∇ ~ 1/1e-310 overflows double
+    otherwise (test_unweighted_gradient_at_a_subnormal_scale_has_no_nan)."""
+    c, k = SUBNORMAL[dtype]
+    p0, t0 = _states((4, 5), dtype, 70), _states((4, 5), dtype, 71)
+    tiny = torch.finfo(p0.real.dtype).tiny
+    p = p0 * c if which in ("pred", "both") else p0
+    t = t0 * c if which in ("target", "both") else t0
+    assert (p.abs() < tiny).all() == (which != "target")  # every component subnormal
+    assert (t.abs() < tiny).all() == (which != "pred")
+    pr = _times_pow2(p, k) if which != "target" else p  # the exact rescaled states
+    tr = _times_pow2(t, k) if which != "pred" else t
+    w = 1.0 if gradient == "l2" else 2.0 ** -64  # l2's ∂ = g·(p − t) does not grow
+    loss, gp, gt = _weighted_grads(p, t, gradient, reduction, w)
+    loss_r, gp_r, gt_r = _weighted_grads(pr, tr, gradient, reduction, w)
+    loss_0 = quflow.fidelity_loss(p0, t0, reduction=reduction)
+    assert torch.isfinite(loss).all() and torch.isfinite(gp).all() and torch.isfinite(gt).all()
+    torch.testing.assert_close(loss, loss_r, atol=SUBNORMAL_TOL[dtype], rtol=0)
+    torch.testing.assert_close(loss, loss_0, atol=ROUNDED_TOL[dtype], rtol=0)
+    if gradient == "l2":
+        g = {"mean": w / 4, "sum": w, "none": w * torch.arange(1, 5, dtype=loss.dtype)[:, None]}
+        g = g[reduction]  # the per-sample upstream gradient
+        want_p, want_t = g * (p - t), g * (t - p)
+        assert _relative_error(gp, want_p) < SUBNORMAL_TOL[dtype]
+        assert _relative_error(gt, want_t) < SUBNORMAL_TOL[dtype]
+        return
+    want_p = _times_pow2(gp_r, k) if which != "target" else gp_r
+    want_t = _times_pow2(gt_r, k) if which != "pred" else gt_r
+    assert _relative_error(gp, want_p) < SUBNORMAL_TOL[dtype]
+    assert _relative_error(gt, want_t) < SUBNORMAL_TOL[dtype]
+    _, gp_0, gt_0 = _weighted_grads(p0, t0, gradient, reduction, w)  # unrounded, normal scale
+    c_k = math.ldexp(c, k)  # c·2^k ≈ 1 (1/c itself overflows double)
+    want_p = _times_pow2(gp_0, k) / c_k if which != "target" else gp_0
+    want_t = _times_pow2(gt_0, k) / c_k if which != "pred" else gt_0
+    assert _relative_error(gp, want_p) < ROUNDED_TOL[dtype]
+    assert _relative_error(gt, want_t) < ROUNDED_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("gradient", ["standard", "modified"])
+def test_unweighted_gradient_at_a_subnormal_scale_has_no_nan(dtype, gradient):
+    """Documented: ∇_p ~ 1/‖p‖ exceeds the dtype's range for ‖p‖ ~ 1e-310 (1e-40): those
+    components overflow to ±inf, never NaN; the loss and ∂t stay right."""
+    c, k = SUBNORMAL[dtype]
+    p0, t = _states((4, 5), dtype, 72), _states((4, 5), dtype, 73)
+    loss, gp, gt = _grads(p0 * c, t, gradient)
+    loss_r, _, gt_r = _grads(_times_pow2(p0 * c, k), t, gradient)
+    torch.testing.assert_close(loss, loss_r, atol=SUBNORMAL_TOL[dtype], rtol=0)
+    assert not torch.isnan(torch.view_as_real(gp)).any()
+    assert _relative_error(gt, gt_r) < SUBNORMAL_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_subnormal_real_states(dtype):
+    """The same for real amplitudes: L(c·φ_1, φ_1) = 0 and L(c·φ_1, φ_2) = 1."""
+    c = 1e-310 if dtype == torch.float64 else 1e-40
+    phi = quflow.Grid(n=20, length=2.0).eigenstates(2, dtype=dtype)
+    out = quflow.fidelity_loss(phi[0] * c, phi, reduction="none")
+    torch.testing.assert_close(out, torch.tensor([0.0, 1.0], dtype=dtype),
+                               atol=ROUNDED_TOL[torch.complex128 if dtype == torch.float64
+                                                else torch.complex64], rtol=0)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -343,8 +605,10 @@ def test_bad_values_in_one_sample_of_a_batch_are_named(bad, which, msg, requires
     x[3, 1] = complex(bad, 0.0) if bad != 0.0 else 0.0
     with pytest.raises(ValueError, match=msg):
         quflow.fidelity_loss(p.requires_grad_(requires_grad), t)
-    with pytest.raises(ValueError, match=msg):  # the real layout too
-        quflow.fidelity_loss(quflow.to_real(p.detach()), quflow.to_real(t))
+    with pytest.raises(ValueError, match=msg):  # the split layout too
+        quflow.fidelity_loss(quflow.to_real(p.detach()), quflow.to_real(t), layout="split")
+    with pytest.raises(ValueError, match=msg):  # and real amplitudes
+        quflow.fidelity_loss(p.detach().real, t.real)
 
 
 # ---------------------------------------------------------------- torch.compile (issue 13)
@@ -352,8 +616,10 @@ def test_bad_values_in_one_sample_of_a_batch_are_named(bad, which, msg, requires
 COMPILE_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 
-def _compile_case(dtype, gradient, reduction):
-    """A small network feeding fidelity_loss; returns (loss function, inputs, params)."""
+def _compile_case(dtype, gradient, reduction, layout="split"):
+    """A small network feeding fidelity_loss; returns (loss function, inputs, params).
+    Its real outputs (6, 8) are 4 complex components ([Re ψ, Im ψ]) with layout="split",
+    8 real amplitudes with layout="amplitudes"."""
     gen = torch.Generator().manual_seed(50)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
     with torch.no_grad():
@@ -361,10 +627,11 @@ def _compile_case(dtype, gradient, reduction):
             w.copy_(torch.randn(w.shape, generator=gen) * 0.5)
     model = model.to(dtype)
     x = torch.randn(6, 8, generator=gen).to(dtype)
-    y = torch.randn(6, 8, generator=gen).to(dtype)  # real layout, 4 complex components
+    y = torch.randn(6, 8, generator=gen).to(dtype)
 
     def loss(x, y):
-        out = quflow.fidelity_loss(model(x), y, gradient=gradient, reduction=reduction)
+        out = quflow.fidelity_loss(model(x), y, gradient=gradient, reduction=reduction,
+                                   layout=layout)
         return out if out.ndim == 0 else (out * torch.arange(1, 7, dtype=dtype)).sum()
     return loss, (x, y), list(model.parameters())
 
@@ -374,19 +641,31 @@ def _value_and_grads(fn, inputs, params):
     return value.detach(), torch.autograd.grad(value, params)
 
 
+def _compiled_equals_eager(dtype, gradient, reduction, layout):
+    torch._dynamo.reset()
+    loss, inputs, params = _compile_case(dtype, gradient, reduction, layout)
+    eager = _value_and_grads(loss, inputs, params)
+    compiled = _value_and_grads(torch.compile(loss, fullgraph=True, backend="aot_eager"),
+                                inputs, params)
+    torch.testing.assert_close(compiled, eager, atol=COMPILE_TOL[dtype], rtol=COMPILE_TOL[dtype])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("gradient", ["standard", "modified", "l2"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_compiled_fullgraph_forward_and_backward_equal_eager(dtype, gradient, reduction):
     """torch.compile(fullgraph=True) traces fidelity_loss without a graph break (a break
     would raise) and AOTAutograd traces its custom backward; values and parameter gradients
-    equal eager mode to COMPILE_TOL (eager uses the direct formula, compiled the scaled one)."""
-    torch._dynamo.reset()
-    loss, inputs, params = _compile_case(dtype, gradient, reduction)
-    eager = _value_and_grads(loss, inputs, params)
-    compiled = _value_and_grads(torch.compile(loss, fullgraph=True, backend="aot_eager"),
-                                inputs, params)
-    torch.testing.assert_close(compiled, eager, atol=COMPILE_TOL[dtype], rtol=COMPILE_TOL[dtype])
+    equal eager mode to COMPILE_TOL (eager uses the direct formula, compiled the scaled one).
+    The network's real outputs in the split layout."""
+    _compiled_equals_eager(dtype, gradient, reduction, "split")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("gradient", ["standard", "modified", "l2"])
+def test_compiled_real_amplitudes_equal_eager(dtype, gradient):
+    """The same for real outputs read as real amplitudes (promoted to complex in the graph)."""
+    _compiled_equals_eager(dtype, gradient, "none", "amplitudes")
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ __all__ = ["FidelityLoss", "fidelity_loss", "to_complex", "to_real"]
 
 GRADIENTS = ("standard", "modified", "l2")
 REDUCTIONS = ("mean", "sum", "none")
+LAYOUTS = ("amplitudes", "split")
 
 
 def to_complex(y: torch.Tensor) -> torch.Tensor:
@@ -66,14 +67,28 @@ def to_real(psi: torch.Tensor) -> torch.Tensor:
     return torch.cat([psi.real, psi.imag], dim=-1)
 
 
+# Per-sample factors for the tiny: torch divides a tensor by ``m`` as a product with
+# ``1/m``, which overflows once ``m`` is subnormal (float64 below 2^-1022: 1e-310 gave
+# NaN), so a sample whose largest modulus lies below 2^-k is first multiplied by 2^k:
+# a power of two, hence exact, leaving ``m·2^k`` normal with a finite reciprocal
+# (float64: k = 512, smallest 2^-1074 → 2^-562; float32: k = 64, 2^-149 → 2^-85).
+_TINY_FACTOR = {torch.float32: 2.0 ** 64, torch.float64: 2.0 ** 512}
+
+
 def _unit(x: torch.Tensor):
-    """Per sample ``x/‖x‖`` with ``‖x‖ = m·r``, never squaring ``x`` itself: ``x`` is first
-    divided by its largest modulus ``m`` (detached, as ``x/‖x‖`` does not depend on it), so
-    ``r = ‖x/m‖ ∈ [1, √n]``. Returns ``(x̂, m, r)``; ``m = 0`` only for a zero sample."""
+    """Per sample ``x/‖x‖`` with ``‖x‖ = m·r/f``, never squaring ``x`` itself: ``x`` is
+    first multiplied by ``f`` (``2^k`` for a sample whose largest modulus is below
+    ``2^-k``, see ``_TINY_FACTOR``; else 1) and divided by its largest modulus ``m``
+    (``m`` taken after the factor: normal or 0; both detached, as ``x/‖x‖`` depends on
+    neither), so ``r = ‖f·x/m‖ ∈ [1, √n]``. Returns ``(x̂, m, r, f)``, the last three of
+    shape ``(..., 1)``; ``m = 0`` only for a zero sample."""
     m = x.detach().abs().amax(-1, keepdim=True)
-    y = x / torch.where(m > 0, m, 1)
+    big = _TINY_FACTOR[m.dtype]
+    f = torch.ones_like(m).masked_fill(m < 1 / big, big)  # (..., 1): 1 at every normal scale
+    m = m * f  # exact: f is a power of two
+    y = (x * f) / torch.where(m > 0, m, 1)
     r = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-    return y / torch.where(r > 0, r, 1), m, r
+    return y / torch.where(r > 0, r, 1), m, r, f
 
 
 # Norms ‖p‖ within which the direct formula 1 − (|⟨t,p⟩|/(‖p‖‖t‖))² is as accurate as
@@ -156,8 +171,8 @@ def _direct_gradients(p: torch.Tensor, t: torch.Tensor, g: torch.Tensor, mode: s
 
 def _scaled_value(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``1 − |⟨t̂, p̂⟩|²`` on the unit vectors of :func:`_unit`: right at any finite scale."""
-    p_hat, _, _ = _unit(p)
-    t_hat, _, _ = _unit(t)
+    p_hat = _unit(p)[0]
+    t_hat = _unit(t)[0]
     return 1 - (t_hat.conj() * p_hat).sum(-1).abs().square()
 
 
@@ -221,17 +236,20 @@ class _Fidelity(torch.autograd.Function):
             direct = _direct_gradients(p, t, g, ctx.mode, need_p, need_t)
             if direct is not None:
                 return (*direct, None)
-        p_hat, mp, rp = _unit(p)
-        t_hat, mt, rt = _unit(t)
+        # ‖p‖ = mp·rp/fp (see _unit): dividing by mp·rp and then multiplying by fp keeps
+        # every intermediate finite; only a gradient beyond the dtype's range (‖p‖ near
+        # the subnormals, a large g) overflows, to ±inf like any float product.
+        p_hat, mp, rp, fp = _unit(p)
+        t_hat, mt, rt, ft = _unit(t)
         s = (t_hat.conj() * p_hat).sum(-1, keepdim=True)
         if ctx.mode == "standard":
             s2 = s.abs().square()
-            gp = -2 * g * (s * t_hat - s2 * p_hat) / mp / rp if need_p else None
-            gt = -2 * g * (s.conj() * p_hat - s2 * t_hat) / mt / rt if need_t else None
+            gp = -2 * g * (s * t_hat - s2 * p_hat) / mp / rp * fp if need_p else None
+            gt = -2 * g * (s.conj() * p_hat - s2 * t_hat) / mt / rt * ft if need_t else None
             return gp, gt, None
         phase = _phase(s)
-        gp = -2 * g * phase * (t_hat - s.conj() * p_hat) / mp / rp if need_p else None
-        gt = -2 * g * phase.conj() * (p_hat - s * t_hat) / mt / rt if need_t else None
+        gp = -2 * g * phase * (t_hat - s.conj() * p_hat) / mp / rp * fp if need_p else None
+        gt = -2 * g * phase.conj() * (p_hat - s * t_hat) / mt / rt * ft if need_t else None
         return gp, gt, None
 
 
@@ -244,27 +262,33 @@ _SETTINGS = {(m, c): _Settings(m, c) for m in GRADIENTS for c in (False, True)}
 _Fidelity.forward.__signature__ = inspect.signature(_Fidelity.forward)
 
 
-def _check_options(gradient: str, reduction: str) -> None:
+def _check_options(gradient: str, reduction: str, layout: str) -> None:
     if gradient not in GRADIENTS:
         raise ValueError(f"gradient: expected one of {GRADIENTS}, got {gradient!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
 
 
-def _as_state(name: str, x: object) -> torch.Tensor:
+def _as_state(name: str, x: object, layout: str) -> torch.Tensor:
+    """``x`` as a complex state ``(..., n)``: a complex tensor as is; a real one promoted
+    (``layout="amplitudes"``: ``ψ_j = x_j``) or read as ``[Re ψ, Im ψ]`` (``"split"``)."""
     x = _checks.tensor(name, x)
     if x.dtype not in (torch.complex64, torch.complex128, torch.float32, torch.float64):
-        raise TypeError(f"{name}: expected a complex64/complex128 tensor or a real "
-                        f"float32/float64 tensor in the to_real layout, got {x.dtype}")
+        raise TypeError(f"{name}: expected a complex64/complex128 or a real float32/float64 "
+                        f"tensor, got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError(f"{name}: expected shape (..., n), got a 0-d tensor")
     if x.is_complex():
-        if x.ndim == 0:
-            raise ValueError(f"{name}: expected shape (..., n), got a 0-d tensor")
         out = x
-    else:
-        if x.ndim == 0 or x.shape[-1] % 2:
-            raise ValueError(f"{name}: a real {name} must have an even last dimension 2n "
-                             f"(the to_real layout [Re ψ, Im ψ]), got shape {tuple(x.shape)}")
+    elif layout == "split":
+        if x.shape[-1] % 2:
+            raise ValueError(f"{name}: with layout='split' a real {name} must have an even "
+                             f"last dimension 2n ([Re ψ, Im ψ]), got shape {tuple(x.shape)}")
         out = _split(x)
+    else:  # a real wavefunction; the complex copy's backward takes the real part
+        out = x.to(_checks.complex_of(x.dtype))
     if out.shape[-1] < 1:
         raise ValueError(f"{name}: the state has no components (n = 0)")
     return out
@@ -285,7 +309,7 @@ def _broadcast(a: torch.Size, b: torch.Size) -> tuple[int, ...] | None:
 
 
 def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "modified",
-                  reduction: str = "mean") -> torch.Tensor:
+                  reduction: str = "mean", layout: str = "amplitudes") -> torch.Tensor:
     r"""Quantum (infidelity) loss ``L = 1 − |⟨p, t⟩|²`` with a selectable gradient flow.
 
     Per sample ``i``, ``L_i = 1 − |⟨p_i, t_i⟩|² / (‖p_i‖²·‖t_i‖²)`` with
@@ -307,37 +331,67 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "
     Each mode's per-sample gradient is weighted by the reduction (``1/B`` for ``"mean"``,
     ``1`` for ``"sum"``, the incoming gradient for ``"none"``).
 
+    Inputs: ``pred`` and ``target`` are each complex ``(..., n)`` or real. With
+    ``layout="amplitudes"`` (the default) the last axis holds the ``n`` amplitudes
+    ``ψ_1..ψ_n``, so a real ``(..., n)`` tensor is a real wavefunction (e.g. box
+    eigenstates from :meth:`quflow.Grid.eigenstates` with ``dtype=torch.float64``); it is
+    promoted to complex, and its gradient is the real part of the complex one, i.e.
+    ``∂L/∂x`` of the real ``x``. With ``layout="split"`` a real tensor is ``(..., 2n)`` in
+    the :func:`to_real` layout ``[Re ψ_1..Re ψ_n, Im ψ_1..Im ψ_n]`` (the real outputs of a
+    network), read through :func:`to_complex`; complex tensors are taken as they are in
+    both layouts. A real and a complex input may be mixed: both are promoted to the
+    complex dtype of the higher precision. *Behaviour change* (issue 23): before, every
+    real tensor was read in the split layout, so two orthogonal real eigenstates gave a
+    wrong loss (0.180 for ``φ₁, φ₂`` at ``n = 20``) without an error; ``layout="split"``
+    is exactly that former behaviour.
+
+    Scale: the value is right for any finite non-zero scale of ``p`` and ``t``, subnormal
+    states included (a sample whose largest modulus lies below ``2^-512`` in double,
+    ``2^-64`` in float, is first multiplied by that power of two, exactly). The value is
+    scale invariant, ``L(c·p, t) = L(p, t)``, and the gradient scales inversely,
+    ``∇_p L(c·p, t) = ∇_p L(p, t)/c``; near the subnormals (``‖p‖ ≲ 1e-308`` in double,
+    ``1e-38`` in float) components of that gradient beyond the dtype's range overflow to
+    ``±inf``, as any product would, never to NaN. The ``"l2"`` gradient ``p − t`` does
+    not scale.
+
     Cost: the value is the direct ``1 − (|⟨t,p⟩|/(‖p‖‖t‖))²`` wherever every norm lies in
     a range that keeps it as accurate as the scaled computation (double: ``2^-229`` to
     ``2^255``; float: ``2^-19`` to ``2^31``), checked on the ``B`` norms alone: NaN, Inf
     and zero samples fall outside it too, and only then are the inputs searched, so that
-    the error names the argument. Otherwise the value is computed on the unit vectors (see
-    above). The standard and modified gradients take the same two paths: per-sample
-    coefficients times ``p`` and ``t`` inside the range (about a quarter of the cost of
-    forming the unit vectors), the unit vectors outside it; the two agree to round-off.
-    Under :func:`torch.compile` (``fullgraph=True`` works, backward included) the value
-    and the gradients are always the scaled ones and the data-dependent checks
+    the error names the argument. Otherwise the value is computed on the unit vectors
+    ``p/‖p‖``, ``t/‖t‖``. The standard and modified gradients take the same two paths:
+    per-sample coefficients times ``p`` and ``t`` inside the range (about a quarter of
+    the cost of forming the unit vectors), the unit vectors outside it; the two agree to
+    round-off. Under :func:`torch.compile` (``fullgraph=True`` works, backward included)
+    the value and the gradients are always the scaled ones and the data-dependent checks
     (NaN/Inf, zero norm) are skipped, since raising on data would break the graph: a NaN
     input gives a NaN loss, a zero sample a loss of 1. Shapes, dtypes and options are
     checked in both modes.
 
     Args:
-        pred: prediction ``p``: complex ``(..., n)``, or real ``(..., 2n)`` in the
-            :func:`to_real` layout ``[Re ψ, Im ψ]``.
-        target: target ``t``, same conventions; broadcast against ``pred`` over the
-            leading (batch) dimensions, e.g. one target ``(n,)`` for a batch ``(B, n)``.
+        pred: prediction ``p``: complex64/complex128 ``(..., n)``; real float32/float64
+            ``(..., n)`` (a real wavefunction) with ``layout="amplitudes"``, or real
+            ``(..., 2n)`` ``[Re ψ, Im ψ]`` with ``layout="split"``.
+        target: target ``t``, same conventions and the same ``n``; broadcast against
+            ``pred`` over the leading (batch) dimensions, e.g. one target ``(n,)`` for a
+            batch ``(B, n)``.
         gradient: ``"modified"`` (default), ``"standard"`` or ``"l2"``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        layout: how a *real* ``pred`` or ``target`` is read: ``"amplitudes"`` (default;
+            real amplitudes ``ψ_j = x_j``) or ``"split"`` (``[Re ψ, Im ψ]``, as
+            :func:`to_real` writes it).
 
     Returns:
         Real tensor: a scalar, or the per-sample losses of the broadcast batch shape for
-        ``reduction="none"``; dtype float32/float64 following the inputs' precision.
+        ``reduction="none"``; dtype float32/float64 following the inputs' precision
+        (float64 if either input is double).
 
     Raises:
-        TypeError: non-tensors, integer tensors.
-        ValueError: an odd real width, ``n`` that differs, shapes that do not broadcast,
-            NaN/Inf or a zero-norm sample (eager mode), an unknown ``gradient`` or
-            ``reduction``.
+        TypeError: non-tensors, integer or half-precision tensors.
+        ValueError: an odd real last dimension with ``layout="split"``, ``n`` that
+            differs between ``pred`` and ``target`` (named: ``target``), shapes that do
+            not broadcast, NaN/Inf or a zero-norm sample (eager mode), an unknown
+            ``gradient``, ``reduction`` or ``layout``.
 
     Example:
         >>> p = torch.tensor([[1.0 + 0j, 0.0], [1.0, 1.0]], requires_grad=True)
@@ -345,15 +399,32 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "
         >>> loss = fidelity_loss(p, t, gradient="modified", reduction="none")
         >>> loss.detach()
         tensor([1.0000, 0.5000])
-        >>> loss.sum().backward(); p.grad[0]   # orthogonal, yet a finite pull towards t
+        >>> loss.sum().backward()
+        >>> p.grad[0] + 0   # orthogonal, yet a finite pull towards t (+ 0: no "-0.")
         tensor([ 0.+0.j, -2.+0.j])
+
+        Real wavefunctions, and a network's real ``[Re ψ, Im ψ]`` outputs:
+
+        >>> import quflow
+        >>> phi = quflow.Grid(n=20, length=2.0).eigenstates(2, dtype=torch.float64)
+        >>> fidelity_loss(phi[0], phi[1]).item()   # orthogonal real states
+        1.0
+        >>> y = to_real(torch.tensor([[1 + 1j, 0], [0, 1j]]))   # (2, 4)
+        >>> fidelity_loss(y, to_real(torch.tensor([1 + 0j, 0])), layout="split",
+        ...               reduction="none")
+        tensor([0., 1.])
     """
-    _check_options(gradient, reduction)
-    p = _as_state("pred", pred)
-    t = _as_state("target", target)
+    _check_options(gradient, reduction, layout)
+    p = _as_state("pred", pred, layout)
+    t = _as_state("target", target, layout)
     if p.shape[-1] != t.shape[-1]:
-        raise ValueError(f"pred and target: states have n = {p.shape[-1]} and "
-                         f"n = {t.shape[-1]} components")
+        n_p, n_t = p.shape[-1], t.shape[-1]
+        hint = ""
+        if layout == "amplitudes" and (n_p == 2 * n_t or n_t == 2 * n_p):
+            hint = ("; a real tensor in the to_real layout [Re ψ, Im ψ] needs "
+                    "layout='split' (or quflow.to_complex)")
+        raise ValueError(f"target: the state has n = {n_t} components but pred has "
+                         f"n = {n_p}{hint}")
     batch = _broadcast(p.shape[:-1], t.shape[:-1])
     if batch is None:
         raise ValueError(f"pred and target: batch shapes {tuple(p.shape[:-1])} and "
@@ -382,21 +453,29 @@ class FidelityLoss(nn.Module):
     Args:
         gradient: ``"modified"`` (default), ``"standard"`` or ``"l2"``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        layout: how a real input is read: ``"amplitudes"`` (default: a real wavefunction
+            ``(..., n)``) or ``"split"`` (``(..., 2n)``, ``[Re ψ, Im ψ]``).
 
     Example:
         >>> crit = FidelityLoss(gradient="standard")
-        >>> crit(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0, 0.0]))
+        >>> crit(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))   # real, orthogonal
+        tensor(1.)
+        >>> FidelityLoss(layout="split")(torch.tensor([1.0, 0.0, 0.0, 0.0]),
+        ...                              torch.tensor([0.0, 0.0, 1.0, 0.0]))   # 1 vs i
         tensor(0.)
     """
 
-    def __init__(self, gradient: str = "modified", reduction: str = "mean") -> None:
+    def __init__(self, gradient: str = "modified", reduction: str = "mean",
+                 layout: str = "amplitudes") -> None:
         super().__init__()
-        _check_options(gradient, reduction)
+        _check_options(gradient, reduction, layout)
         self.gradient = gradient
         self.reduction = reduction
+        self.layout = layout
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return fidelity_loss(pred, target, gradient=self.gradient, reduction=self.reduction)
+        return fidelity_loss(pred, target, gradient=self.gradient, reduction=self.reduction,
+                             layout=self.layout)
 
     def extra_repr(self) -> str:
-        return f"gradient={self.gradient!r}, reduction={self.reduction!r}"
+        return f"gradient={self.gradient!r}, reduction={self.reduction!r}, layout={self.layout!r}"

@@ -40,7 +40,8 @@ def make_data(seed: int = 2024, states: tuple = (2, 3), real: bool = True, targe
 def batch_loss(model, x, y, gradient, reduction="mean"):
     u = model(x)  # (B, 50)
     psi_T = crank_nicolson(to_complex(x), dt=DT, dx=_GRID.dx, control=u, control_shape=_GRID.x)
-    return fidelity_loss(psi_T, y, gradient=gradient, reduction=reduction)
+    # psi_T complex (B, 20); y real (B, 40) in the to_real layout, hence layout="split"
+    return fidelity_loss(psi_T, y, gradient=gradient, reduction=reduction, layout="split")
 
 
 EXPERIMENT = _training.Experiment(

@@ -37,7 +37,9 @@ def make_data(seed: int = 2023, states: tuple = (1, 2, 3, 4, 5), real: bool = Fa
 
 
 def batch_loss(model, x, y, gradient, reduction="mean"):
-    return fidelity_loss(model(x), y, gradient=gradient, reduction=reduction)
+    """The quantum loss of the network's real ``(B, 40)`` outputs against ``y``, both in
+    the to_real layout ``[Re ψ, Im ψ]`` (hence ``layout="split"``)."""
+    return fidelity_loss(model(x), y, gradient=gradient, reduction=reduction, layout="split")
 
 
 EXPERIMENT = _training.Experiment(
