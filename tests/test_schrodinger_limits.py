@@ -309,6 +309,118 @@ def test_a_forked_child_runs_two_thread_calls():
 
 
 @pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
+def test_a_child_forked_before_quflow_was_loaded_runs_two_thread_calls():
+    """The parent opened torch's team and never loaded quflow; its forked child imports
+    quflow first. The child's core sees it is a fork of its parent (/proc/self/auxv, which
+    exec writes, equals the parent's) and runs on its own pool: this call used to wait on
+    the parent's dead team forever. Only tiny torch ops run in the child (torch's own
+    parallel ops would hang there)."""
+    done = _python("""
+        import os, numpy as np, torch
+        torch.set_num_threads(2)
+        torch.ones(4000, 4000).add_(1)  # torch's team exists from here
+        psi = torch.randn(2000, 64, dtype=torch.complex128)
+        pid = os.fork()
+        if pid == 0:
+            import quflow
+            grid = quflow.Grid(64, 2.0)
+            two = quflow.crank_nicolson(psi, dt=0.1, dx=grid.dx, steps=20)  # 2.6M point-steps
+            torch.set_num_threads(1)
+            one = quflow.crank_nicolson(psi, dt=0.1, dx=grid.dx, steps=20)
+            same = np.array_equal(one.numpy(), two.numpy())
+            os._exit(0 if (not quflow._core.team_allowed() and same) else 3)
+        print(os.waitpid(pid, 0)[1])
+    """, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0"], done.stdout
+
+
+def test_an_exec_started_process_may_use_the_team():
+    """No false alarm: a process started by exec (this subprocess, its parent pytest) is
+    not a fork of its parent, and keeps torch's team."""
+    done = _python("import quflow; print(quflow._core.team_allowed())")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(OPENMP)]
+
+
+@pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
+@pytest.mark.parametrize("first_import", ["parent", "worker"])
+def test_dataloader_fork_workers_with_two_threads_finish(first_import):
+    """DataLoader workers forked after the parent used torch's team, each set back to two
+    threads by its worker_init_fn, run two-thread quflow calls on a pool, whether the
+    parent had loaded quflow or the dataset imports it only in the worker."""
+    dataset = "w.Data()" if first_import == "parent" else "Lazy()"
+    done = _python(f"""
+        import numpy as np, torch
+        if {first_import!r} == "parent":
+            import _forked_workers as w
+        torch.set_num_threads(2)
+        torch.ones(4000, 4000).add_(1)  # torch's team exists from here
+        psi = torch.randn(2000, 64, dtype=torch.complex128)
+
+        class Lazy(torch.utils.data.Dataset):
+            def __len__(self):
+                return 2
+            def __getitem__(self, i):
+                import quflow
+                dx = quflow.Grid(64, 2.0).dx
+                two = quflow.crank_nicolson(psi, dt=0.1, dx=dx, steps=20)
+                torch.set_num_threads(1)
+                one = quflow.crank_nicolson(psi, dt=0.1, dx=dx, steps=20)
+                torch.set_num_threads(2)
+                return bool(np.array_equal(one.numpy(), two.numpy()))
+
+        loader = torch.utils.data.DataLoader(
+            {dataset}, batch_size=None, num_workers=2, multiprocessing_context="fork",
+            worker_init_fn=lambda _: torch.set_num_threads(2))
+        print(all(loader))
+    """, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True"], done.stdout
+
+
+@pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_multiprocessing_workers_with_two_threads_finish(method):
+    """A multiprocessing pool, by each start method, after the parent used torch's team
+    and quflow: fork children run two-thread calls on their own pool, spawn and forkserver
+    children are fresh processes."""
+    done = _python(f"""
+        import multiprocessing, _forked_workers as w
+        with multiprocessing.get_context({method!r}).Pool(2) as pool:
+            print(all(pool.map(w.work, range(4))))
+    """, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["True"], done.stdout
+
+
+@pytest.mark.skipif(SANITIZED, reason="ASan's shadow memory does not run under RLIMIT_AS")
+@pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
+def test_a_team_that_cannot_start_does_not_end_the_process():
+    """libgomp ends the process ("Thread creation failed", exit 1) when it cannot create a
+    team thread. With torch at two threads but its team not yet started, and the address
+    space too small for another thread stack, a two-thread call now gives the one-thread
+    result (no worker could be started either, so the calling thread runs it alone)."""
+    done = _python("""
+        import resource, torch, quflow
+        torch.set_num_threads(1)
+        grid = quflow.Grid(64, 2.0)
+        psi = quflow.random_states(grid, 400, seed=0)
+        ref = quflow.crank_nicolson(psi, dt=0.01, dx=grid.dx, steps=200)
+        torch.set_num_threads(2)
+        vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize"))
+        resource.setrlimit(resource.RLIMIT_AS, ((vm << 10) + (6 << 20),) * 2)  # < 8 MB stack
+        try:
+            out = quflow.crank_nicolson(psi, dt=0.01, dx=grid.dx, steps=200)
+            print(torch.equal(out, ref))
+        except RuntimeError as exc:
+            print("RuntimeError", "could not start" in str(exc))
+    """)
+    assert done.returncode == 0, (done.stdout, done.stderr[-2000:])
+    assert done.stdout.split() in (["True"], ["RuntimeError", "True"]), done.stdout
+
+
+@pytest.mark.skipif(not OPENMP, reason="built without OpenMP")
 def test_ctrl_c_stops_a_call_on_torchs_team():
     """On torch's team the calling thread works too and polls between its parts (each
     ≤ 2^23 point-steps); Ctrl-C still stops a long call within a few parts."""

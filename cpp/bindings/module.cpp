@@ -431,4 +431,8 @@ PYBIND11_MODULE(_core, m) {
         "Where multi-threaded calls run: 'openmp' (the process's OpenMP team, torch's, up to "
         "omp_get_max_threads() threads; the core's own pool above that and in forked "
         "children) or 'pool' (built without OpenMP).");
+  m.def("team_allowed", &quflow::team_allowed,
+        "Whether multi-threaded calls may use the OpenMP team: False without OpenMP and in "
+        "a forked child (fork() after the core was loaded, or a process forked from its "
+        "parent before loading it), where calls run on the core's own pool.");
 }

@@ -4,6 +4,7 @@
 #include "quflow/crank_nicolson.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -14,7 +15,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -23,7 +26,8 @@
 #include <type_traits>
 #include <vector>
 
-#include <unistd.h>  // getpid
+#include <pthread.h>  // pthread_atfork, pthread_create (the team's checks)
+#include <unistd.h>   // getpid, getppid
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -131,22 +135,45 @@ struct SharedData {
       // down), formed as above.
       if (beta_form && he >= L(1) / L(1 << 20)) {
         for (Vec<T>* a : {&beta, &um_r, &um_i}) a->resize(n);
+        v.ihe = T(L(1) / he);
+        for (Index j = 0; j < n; ++j) beta[j] = T(-h * L(diag[j]) / he);
+        // The step's right-hand side is i·he·(β_j ψ_j + ψ_{j−1} + ψ_{j+1}) with β_j and 1/he
+        // rounded: (1 + ε)·I − i·h·H̃, where 1 + ε = he·fl(1/he) and h·d̃_j = −he·fl(β_j).
+        // ε is the same at every point and in every step, so against I + i·h·H on the left
+        // it would drift the norm linearly: in float (ε ~ 3e-8) ~1e-2 over 10^5 steps of the
+        // paper's box, 4–6× the α form's. In float the factorisations below (and m_j, which
+        // the β form's LU steps use) are therefore those of (1 + ε)·I + i·h·H̃: the step is
+        // then the Cayley transform of H̃ with time step dt/(1 + ε), unitary up to the
+        // multipliers' own rounding, which differs from point to point. (Double keeps the
+        // exact tables: its drift is 5e-12 over 10^5 steps, and its results stay bitwise.)
+        const bool same_h = std::is_same<T, float>::value;
+        const L one = same_h ? L(v.ihe) * he : L(1);
+        auto hd = [&](Index j) { return same_h ? -L(beta[j]) * he : h * L(diag[j]); };
+        if (same_h) {
+          iwr = 0;
+          iwi = 0;
+          for (Index j = 0; j < n; ++j) {
+            const L wr = c * one + ch2e2 * iwr, wi = c * hd(j) + ch2e2 * iwi;
+            const L den = wr * wr + wi * wi;
+            iwr = wr * c / den;
+            iwi = -wi * c / den;
+            m_r[j] = T(-he * iwi);
+            m_i[j] = T(he * iwr);
+          }
+        }
         iwr = 0;
         iwi = 0;
         for (Index j = n - 1; j >= 0; --j) {
-          const L hdj = h * L(diag[j]);
-          const L wr = c + ch2e2 * iwr, wi = c * hdj + ch2e2 * iwi;
+          const L wr = c * one + ch2e2 * iwr, wi = c * hd(j) + ch2e2 * iwi;
           const L den = wr * wr + wi * wi;
           iwr = wr * c / den;
           iwi = -wi * c / den;
-          beta[j] = T(-hdj / he);
           um_r[j] = T(-he * iwi);
           um_i[j] = T(he * iwr);
         }
         v.beta = beta.data();
         v.um_r = um_r.data();
         v.um_i = um_i.data();
-        v.ihe = T(L(1) / he);
       }
     }
   }
@@ -207,10 +234,92 @@ constexpr double kMinThreadWork = double(1 << 15);
 constexpr double kTeamPartWork = double(1 << 23);
 
 #if defined(_OPENMP)
-/// The process that loaded the core. libgomp's team does not survive fork() (a forked
-/// child that enters a parallel region waits for its parent's threads forever, torch's
-/// own ops included), so a forked child runs its calls on the pool, which starts anew.
-const pid_t kLoadedPid = ::getpid();
+/// Whether calls may run on the calling thread's OpenMP team (torch's). libgomp's team
+/// does not survive fork(): in a forked child, the first parallel region of a thread
+/// whose team the parent had opened waits for the parent's threads forever (torch's own
+/// parallel ops too, unless the child sets one thread, as DataLoader workers do). So the
+/// team is not used in a forked child — after a fork seen by a pthread_atfork handler
+/// (registered when the core is loaded), or when the core is loaded only after the fork,
+/// in a process that is a fork of its parent: one whose /proc/self/auxv, which exec()
+/// writes (with the addresses ASLR drew), equals its parent's. Those calls run on the
+/// pool, which starts anew in each process. A process that cannot read its parent's auxv
+/// (another user's, or an orphan re-parented to init) is taken to be exec'd.
+std::atomic<bool> team_forbidden{false};
+
+void forbid_team() noexcept { team_forbidden.store(true, std::memory_order_relaxed); }
+
+bool read_file(const std::string& path, std::string* out) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return false;
+  out->assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+  return !out->empty();
+}
+
+bool forked_from_parent() {
+  std::string mine, parent;
+  return read_file("/proc/self/auxv", &mine) &&
+         read_file("/proc/" + std::to_string(::getppid()) + "/auxv", &parent) &&
+         mine == parent;
+}
+
+const bool team_fork_guard = [] {
+  if (forked_from_parent()) forbid_team();
+  ::pthread_atfork(nullptr, nullptr, forbid_team);
+  return true;
+}();
+
+/// libgomp's thread stack size: OMP_STACKSIZE or GOMP_STACKSIZE (a size with an optional
+/// B/K/M/G suffix, K by default), else 0 for the system default, as libgomp reads them.
+std::size_t omp_stack_size() {
+  for (const char* name : {"OMP_STACKSIZE", "GOMP_STACKSIZE"}) {
+    const char* text = std::getenv(name);
+    if (!text || !*text) continue;
+    char* end = nullptr;
+    const unsigned long long value = std::strtoull(text, &end, 10);
+    while (*end == ' ') ++end;
+    unsigned shift = 10;
+    switch (*end) {
+      case 'b': case 'B': shift = 0; break;
+      case 'k': case 'K': case '\0': shift = 10; break;
+      case 'm': case 'M': shift = 20; break;
+      case 'g': case 'G': shift = 30; break;
+      default: continue;  // malformed: libgomp ignores it too
+    }
+    return std::size_t(value) << shift;
+  }
+  return 0;
+}
+
+/// The largest team (threads, the calling one included) known to start in this process.
+std::atomic<int> team_started{1};
+
+/// Whether a team of nt threads can be started. libgomp ends the process when it cannot
+/// create a team thread ("libgomp: Thread creation failed", exit 1: an address-space,
+/// thread or memory limit), so before the first team of nt threads the calling thread
+/// starts and joins nt − 1 threads of libgomp's stack size itself; if one cannot be
+/// started, the call runs on the pool instead, whose failure is an error (or, with no
+/// worker at all, the calling thread alone). Once per larger team, ~20 µs a thread.
+bool team_can_start(int nt) {
+  if (nt <= team_started.load(std::memory_order_relaxed)) return true;
+  pthread_attr_t attr;
+  if (::pthread_attr_init(&attr) != 0) return false;
+  const std::size_t stack = omp_stack_size();
+  bool ok = stack == 0 || ::pthread_attr_setstacksize(&attr, stack) == 0;
+  std::vector<pthread_t> started;
+  for (int k = 1; ok && k < nt; ++k) {
+    pthread_t thread;
+    ok = ::pthread_create(&thread, &attr, +[](void*) -> void* { return nullptr; }, nullptr) == 0;
+    if (ok) started.push_back(thread);
+  }
+  for (pthread_t thread : started) ::pthread_join(thread, nullptr);
+  ::pthread_attr_destroy(&attr);
+  if (ok) {
+    int seen = team_started.load(std::memory_order_relaxed);
+    while (seen < nt && !team_started.compare_exchange_weak(seen, nt)) {
+    }
+  }
+  return ok;
+}
 #endif
 
 void rethrow_first(const std::vector<std::exception_ptr>& errors) {
@@ -320,7 +429,7 @@ class Pool {
 /// (part_work point-steps) is short enough for that (kTeamPartWork); the same stop,
 /// cancel and error semantics. Explicit thread counts above torch's run on the pool, whose
 /// failure to start a thread is an error rather than libgomp's abort, and so do calls in a
-/// forked child (kLoadedPid).
+/// forked child (team_forbidden) and calls whose team could not start (team_can_start).
 template <class Fn>
 void parallel_parts(int parts, int nt, const Poll* poll, int* stop, double part_work, Fn&& fn) {
   std::vector<std::exception_ptr> errors(parts);
@@ -349,7 +458,8 @@ void parallel_parts(int parts, int nt, const Poll* poll, int* stop, double part_
   }
 #if defined(_OPENMP)
   if (nt > 1 && nt <= omp_get_max_threads() && !omp_in_parallel() &&
-      (!poll || part_work <= kTeamPartWork) && ::getpid() == kLoadedPid) {
+      (!poll || part_work <= kTeamPartWork) &&
+      !team_forbidden.load(std::memory_order_relaxed) && team_can_start(nt)) {
     bool cancelled = false;
     std::exception_ptr poll_error;
 #pragma omp parallel num_threads(nt)
@@ -692,6 +802,14 @@ void with_lanes(Index batch, bool wide, Run&& run) {
 }  // namespace
 
 const char* kernel_isa() { return use_avx2() ? "avx2" : "baseline"; }
+
+bool team_allowed() {
+#if defined(_OPENMP)
+  return !team_forbidden.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
 
 const char* thread_runtime() {
 #if defined(_OPENMP)

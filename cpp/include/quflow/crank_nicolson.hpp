@@ -279,4 +279,8 @@ const char* kernel_isa();
 /// torch's, for up to omp_get_max_threads() threads, else the core's own pool) or "pool".
 const char* thread_runtime();
 
+/// Whether multi-threaded calls may run on the calling thread's OpenMP team: false without
+/// OpenMP and in a forked child (libgomp's team does not survive fork()).
+bool team_allowed();
+
 }  // namespace quflow
