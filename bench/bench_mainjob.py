@@ -80,7 +80,8 @@ def main() -> None:
         norm = lambda z: torch.linalg.vector_norm(torch.view_as_real(z), dim=(-2, -1))  # noqa: E731
         return (1 - (s.abs() / (norm(p) * norm(t))) ** 2).mean()
 
-    quflow_loss = lambda p, t: quflow.fidelity_loss(p, t, gradient="modified")  # noqa: E731
+    quflow_loss = lambda p, t: quflow.fidelity_loss(p, t, gradient="modified",  # noqa: E731
+                                                    layout="split")
     for f in (textbook, fastest_plain):
         assert abs(f(out, yb).item() - quflow_loss(out, yb).item()) < 1e-14
     losses = {"quflow.fidelity_loss": quflow_loss, "plain torch, textbook": textbook,
@@ -91,7 +92,7 @@ def main() -> None:
     r = bench({k: (lambda f=f: f(out, yb).backward()) for k, f in losses.items()}, reps=100)
     table("fidelity forward + backward", r, "plain torch, textbook")
 
-    loss = quflow.fidelity_loss(model(xb), yb)
+    loss = quflow.fidelity_loss(model(xb), yb, layout="split")
     loss.backward()  # gradients in place; the steps below reuse them
     params = list(model.parameters())
     saved = [p.detach().clone() for p in params]

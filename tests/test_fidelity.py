@@ -702,3 +702,16 @@ def test_compiled_loss_skips_the_value_checks():
         quflow.fidelity_loss(p, t)
     out = torch.compile(quflow.fidelity_loss, fullgraph=True, backend="aot_eager")(p, t)
     assert torch.isnan(out)
+
+
+def test_a_module_pickled_before_layout_keeps_the_split_reading():
+    """A FidelityLoss saved whole before ``layout`` existed read real tensors as [Re, Im];
+    loading it keeps that reading instead of failing on the missing attribute."""
+    import pickle
+
+    module = quflow.FidelityLoss(gradient="standard")
+    del module.__dict__["layout"]  # what an older pickle holds
+    loaded = pickle.loads(pickle.dumps(module))
+    assert loaded.layout == "split"
+    y = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)  # ψ = (1, i)/… in split
+    assert loaded(y, y).item() == pytest.approx(0.0, abs=1e-15)

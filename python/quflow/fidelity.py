@@ -473,6 +473,11 @@ class FidelityLoss(nn.Module):
         self.reduction = reduction
         self.layout = layout
 
+    def __setstate__(self, state: dict) -> None:
+        # a module pickled whole before ``layout`` existed read real tensors as [Re, Im]
+        state.setdefault("layout", "split")
+        super().__setstate__(state)
+
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return fidelity_loss(pred, target, gradient=self.gradient, reduction=self.reduction,
                              layout=self.layout)
