@@ -192,6 +192,25 @@ def test_norm_is_conserved_over_ten_thousand_steps(dtype, tol):
         assert (norms - 1).abs().max().item() < tol
 
 
+@pytest.mark.parametrize("n,dt,V,tol", [(20, 0.2, 0.0, 5e-4), (64, 0.01, 0.0, 8e-4),
+                                        (64, 0.2, 50.0, 2e-4)])
+def test_float_norm_drift_over_a_hundred_thousand_steps(n, dt, V, tol):
+    """The constant-H forward in float: its multipliers are those of the matrix that its
+    rounded right-hand side implies, balanced so that no rounding error is the same at
+    every point (see balanced_multipliers in crank_nicolson.cpp). Measured max |‖ψ‖ − 1|
+    over 64 random states, 10^5 steps: 1.9e-4 / 3.0e-4 / 4.9e-5 (per row); the two-sweep
+    α form had 1.7e-3 / 3.7e-3 / 1.7e-4 and the unbalanced β form 1.9e-2 / 6.9e-3 /
+    3.8e-4 (10^4 steps in the last row). A drift linear in the steps is what a
+    constant rounding error in the step gives; the bound is ~2.5x the measured one."""
+    grid = quflow.Grid(n, 2.0)
+    psi = quflow.random_states(grid, 64, seed=0, dtype=torch.complex64)
+    steps = 10_000 if V else 100_000
+    out = quflow.crank_nicolson(psi, (V * torch.sin(3 * grid.x)).float(), dt=dt, dx=grid.dx,
+                                steps=steps)
+    drift = torch.linalg.vector_norm(out.to(torch.complex128), dim=-1) - 1
+    assert drift.abs().max().item() < tol
+
+
 @pytest.mark.parametrize("adjoint", ["reverse", "store"])
 @pytest.mark.parametrize("dtype,tol", [(torch.complex128, 1e-13), (torch.complex64, 1e-4)])
 def test_adjoint_conserves_the_cotangents_norm(dtype, tol, adjoint):

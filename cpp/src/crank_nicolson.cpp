@@ -18,6 +18,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -54,6 +55,54 @@ bool use_avx2() {
 #else
   return false;
 #endif
+}
+
+/// The float β form's multipliers. Its step solves
+///   −x_{j−1} + a_j x_j − x_{j+1} = β_j ψ_j + ψ_{j−1} + ψ_{j+1}   (the CN step over i·he)
+/// with β_j = fl(−h·d_j/he) and fl(1/he) rounded to float, so the left side it must match
+/// (the step is unitary only if both sides hold the same H) is a_j = −β_j − i·(1 + ε)/he,
+/// 1 + ε = he·fl(1/he): with a_j = h·d_j/he − i/he instead, the same ε in every point and
+/// step drifted the norm linearly (~1e-2 over 10^5 steps of the paper's box). The sweep
+/// with multipliers m̃_j (v_j = m̃_j(r_j + v_{j−1}), x_j = v_j + m̃_j x_{j+1}) solves exactly
+/// the tridiagonal system with diagonal ã_j = 1/m̃_j + m̃_{j−1}, so each m̃_j is formed from
+/// the rounded m̃_{j−1} (m_j = 1/(a_j − m̃_{j−1}), long double) and rounded to one of the
+/// floats next to it (±1 ulp in each part): the one that keeps the running sums of
+/// Re(ã_j − a_j) and Im(ã_j − a_j) closest to zero. Those sums set the norm's mean drift
+/// per step over states spread across the grid (the trace of the implied perturbation of
+/// I + i·h·H; a constant rounding error at every point is what drifts); the per-point
+/// errors stay within ~1.5 ulp. `up` runs j = n−1 … 0 (the UL factorisation).
+void balanced_multipliers(const std::vector<std::complex<long double>>& a, bool up,
+                          float* m_r, float* m_i) {
+  using L = long double;
+  using C = std::complex<L>;
+  const Index n = Index(a.size());
+  C prev = 0;
+  L sum_r = 0, sum_i = 0;
+  for (Index t = 0; t < n; ++t) {
+    const Index j = up ? n - 1 - t : t;
+    const C m = L(1) / (a[j] - prev);
+    const float r0 = float(m.real()), i0 = float(m.imag());
+    float best_r = r0, best_i = i0;
+    L best_cost = std::numeric_limits<L>::infinity(), best_dr = 0, best_di = 0;
+    for (const float r : {std::nextafter(r0, -HUGE_VALF), r0, std::nextafter(r0, HUGE_VALF)}) {
+      for (const float i : {std::nextafter(i0, -HUGE_VALF), i0, std::nextafter(i0, HUGE_VALF)}) {
+        const C err = L(1) / C(L(r), L(i)) + prev - a[j];  // ã_j − a_j
+        const L cost = std::abs(sum_r + err.real()) + std::abs(sum_i + err.imag());
+        if (cost < best_cost) {
+          best_cost = cost;
+          best_r = r;
+          best_i = i;
+          best_dr = err.real();
+          best_di = err.imag();
+        }
+      }
+    }
+    m_r[j] = best_r;
+    m_i[j] = best_i;
+    sum_r += best_dr;
+    sum_i += best_di;
+    prev = C(L(best_r), L(best_i));
+  }
 }
 
 /// Owns the arrays behind KernelShared.
@@ -137,39 +186,26 @@ struct SharedData {
         for (Vec<T>* a : {&beta, &um_r, &um_i}) a->resize(n);
         v.ihe = T(L(1) / he);
         for (Index j = 0; j < n; ++j) beta[j] = T(-h * L(diag[j]) / he);
-        // The step's right-hand side is i·he·(β_j ψ_j + ψ_{j−1} + ψ_{j+1}) with β_j and 1/he
-        // rounded: (1 + ε)·I − i·h·H̃, where 1 + ε = he·fl(1/he) and h·d̃_j = −he·fl(β_j).
-        // ε is the same at every point and in every step, so against I + i·h·H on the left
-        // it would drift the norm linearly: in float (ε ~ 3e-8) ~1e-2 over 10^5 steps of the
-        // paper's box, 4–6× the α form's. In float the factorisations below (and m_j, which
-        // the β form's LU steps use) are therefore those of (1 + ε)·I + i·h·H̃: the step is
-        // then the Cayley transform of H̃ with time step dt/(1 + ε), unitary up to the
-        // multipliers' own rounding, which differs from point to point. (Double keeps the
-        // exact tables: its drift is 5e-12 over 10^5 steps, and its results stay bitwise.)
-        const bool same_h = std::is_same<T, float>::value;
-        const L one = same_h ? L(v.ihe) * he : L(1);
-        auto hd = [&](Index j) { return same_h ? -L(beta[j]) * he : h * L(diag[j]); };
-        if (same_h) {
+        if constexpr (std::is_same<T, float>::value) {
+          // float: the β form's own LU (m_j, which its LU steps read) and UL multipliers
+          // for the matrix its rounded right-hand side implies (see balanced_multipliers)
+          std::vector<std::complex<L>> a(n);
+          const L one = L(v.ihe) * he;  // 1 + ε: he·fl(1/he)
+          for (Index j = 0; j < n; ++j) a[j] = {-L(beta[j]), -one / he};
+          balanced_multipliers(a, false, m_r.data(), m_i.data());
+          balanced_multipliers(a, true, um_r.data(), um_i.data());
+        } else {
           iwr = 0;
           iwi = 0;
-          for (Index j = 0; j < n; ++j) {
-            const L wr = c * one + ch2e2 * iwr, wi = c * hd(j) + ch2e2 * iwi;
+          for (Index j = n - 1; j >= 0; --j) {
+            const L hdj = h * L(diag[j]);
+            const L wr = c + ch2e2 * iwr, wi = c * hdj + ch2e2 * iwi;
             const L den = wr * wr + wi * wi;
             iwr = wr * c / den;
             iwi = -wi * c / den;
-            m_r[j] = T(-he * iwi);
-            m_i[j] = T(he * iwr);
+            um_r[j] = T(-he * iwi);
+            um_i[j] = T(he * iwr);
           }
-        }
-        iwr = 0;
-        iwi = 0;
-        for (Index j = n - 1; j >= 0; --j) {
-          const L wr = c * one + ch2e2 * iwr, wi = c * hd(j) + ch2e2 * iwi;
-          const L den = wr * wr + wi * wi;
-          iwr = wr * c / den;
-          iwi = -wi * c / den;
-          um_r[j] = T(-he * iwi);
-          um_i[j] = T(he * iwr);
         }
         v.beta = beta.data();
         v.um_r = um_r.data();
