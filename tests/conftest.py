@@ -9,6 +9,10 @@ import os
 # oversubscribe a 2-core machine. Set QUFLOW_TEST_THREADS (or OMP_NUM_THREADS) to override;
 # tests that exercise threading set their own counts.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Idle OpenMP threads sleep instead of spinning (libgomp reads this once, when torch loads
+# it): the tests that use two threads, and their subprocesses, do not compete with each
+# other or with the rest of a busy machine (bench/bench_threads_busy.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -25,7 +25,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-import pennylane as qml
+from ._extras import require
+
+qml = require("pennylane", "quantum")
+require("pennylane_lightning", "quantum")  # the lightning.qubit device
 
 SHIFT = math.pi / 2
 

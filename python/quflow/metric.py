@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-import pennylane as qml
+from ._extras import require
+
+qml = require("pennylane", "quantum")
 
 from . import _checks
 from . import _qprogram as _qp

@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pennylane as qml
+from ._extras import require
+
+qml = require("pennylane", "quantum")
 
 from . import _checks
 from .quantum import QuantumLayer

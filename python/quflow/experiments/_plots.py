@@ -17,8 +17,9 @@ COLORS = {"standard": "tab:blue", "l2": "tab:orange", "modified": "tab:green"}
 
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
+    from .._extras import require
 
+    matplotlib = require("matplotlib", "experiments")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
