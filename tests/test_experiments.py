@@ -168,7 +168,7 @@ def test_gradient_cosine_is_the_cosine_of_the_two_flows():
     grads = {}
     for method in ("standard", "modified"):
         model.zero_grad()
-        quflow.fidelity_loss(model(probe[0]), probe[1], gradient=method).backward()
+        prediction.batch_loss(model, *probe, method).backward()  # the quantum loss
         grads[method] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     a, b = grads["standard"], grads["modified"]
     assert ns == pytest.approx(a.norm().item(), rel=1e-12)
@@ -222,32 +222,34 @@ def test_verdict_rules():
 
 @pytest.mark.parametrize("args,msg", [
     (["bogus"], "invalid choice"),
-    (["prediction", "--seeds", "0"], "--seeds must be >= 1"),
-    (["control", "--epochs", "-3"], "--epochs must be >= 1"),
+    (["prediction", "--seeds", "0"], "--seeds must be an integer from 1 to 1000, got '0'"),
+    (["control", "--epochs", "-3"], "--epochs must be an integer from 1 to 100000, got '-3'"),
     (["control", "--epochs", "x"], "--epochs must be an integer"),
     (["control", "--lr", "0", "--optimizer", "sgd"], "--lr must be a finite number > 0"),
     (["control", "--lr", "nan", "--optimizer", "sgd"], "--lr must be a finite number > 0"),
     (["control", "--lr", "0.1"], "--lr: give a single --optimizer"),
     (["control", "--optimizer", "lbfgs"], "--optimizer must be"),
     (["control", "--optimizer", "sgd,sgd"], "--optimizer must be"),
-    (["control", "--modes", "0"], "--modes must be >= 1"),
+    (["control", "--modes", "0"], "--modes must be an integer from 1 to 20"),
     (["control", "--states", "2,x"], "--states must be a comma-separated list"),
     (["control", "--states", "0,1"], "numbered from 1"),
     (["control", "--states", "2,2"], "appears twice"),
     (["control", "--states", "2,21"], "eigenstates 1..20, got 21"),
-    (["prediction", "--modes", "25"], "eigenstates 1..20, got 21"),
-    (["control", "--target", "21"], "eigenstates 1..20, got 21"),
+    (["prediction", "--modes", "25"], "--modes must be an integer from 1 to 20 (the grid's "
+                                      "eigenstates), got '25'"),
+    (["control", "--target", "21"], "--target must be an integer from 1 to 20 (the grid's "
+                                    "eigenstates), got '21'"),
     (["control", "--states", "2,3", "--modes", "3"], "not allowed with argument"),
     (["control", "--real-states", "--complex-states"], "not allowed with argument"),
     (["toy", "--states", "2,3"], "--states: not used by the toy experiment"),
-    (["toy", "--modes", "25"], "--modes: not used by the toy experiment"),
+    (["toy", "--modes", "3"], "--modes: not used by the toy experiment"),
     (["toy", "--seeds", "2"], "--seeds: not used by the toy experiment"),
     (["toy", "--real-states"], "not used by the toy experiment"),
     (["toy", "--resume"], "--resume: not used by the toy experiment"),
     (["toy", "--jobs", "2"], "--jobs: not used by the toy experiment"),
-    (["prediction", "--jobs", "0"], "--jobs must be >= 1"),
+    (["prediction", "--jobs", "0"], "--jobs must be an integer from 1 to 256"),
     (["prediction", "--target", "2"], "--target: not used by the prediction experiment"),
-    (["control", "--threads", "0"], "--threads must be >= 1"),
+    (["control", "--threads", "0"], "--threads must be an integer from 1 to 256"),
 ])
 def test_bad_command_lines_exit_2_before_any_work(args, msg, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
@@ -291,8 +293,8 @@ def test_threads_option_sets_torch_threads(tmp_path):
 def test_ctrl_c_names_resume_and_exits_130(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(_training, "train", interrupted)
-    assert _reproduce("control", "--optimizer", "sgd", "--seeds", "1", "--out",
+    monkeypatch.setattr(_training, "train", interrupted)  # this process: --jobs 1
+    assert _reproduce("control", "--optimizer", "sgd", "--seeds", "1", "--jobs", "1", "--out",
                       str(tmp_path)) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err

@@ -6,10 +6,31 @@ claim-by-claim verdict table that the README shows. Also ``python -m quflow ...`
 ``torchrun`` the prediction and control runs train data-parallel (DDP, gloo); rank 0
 writes the results.
 
+Every option is checked, its range included, before anything is built or written. One
+``quflow reproduce`` at a time writes to an ``--out`` folder: it holds an OS lock
+(``flock``) on ``DIR/.quflow-lock`` while it runs, which the OS releases when the
+process ends, however it ends; under ``torchrun`` rank 0 takes it for every rank.
+Checkpoints, their manifests and every results.json entry of a trained setup record the
+quflow version and a fingerprint of the training and validation data; ``--resume``
+refuses a folder written by another version, on other data, or by a quflow that
+recorded neither, unless ``--allow-version-change``.
+
+Threads: ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (unless set), so that OpenMP
+threads waiting between parallel ops sleep rather than spin: spinning threads made two
+threads 0.12× as fast as one on a busy machine. The variable is read when torch loads,
+which ``import quflow`` does before this module runs; so with ``--threads`` above 1 the
+``quflow`` command restarts itself once (``exec``, same process id, one more torch
+import) with the variable set. Worker processes (``--jobs``) inherit it.
+
 Exit codes: 0 done; 1 an unexpected error; 2 a bad command line (nothing was run or
-written); 3 ``--resume`` refused: the folder holds another configuration (the
-differences are named); 4 ``--resume`` refused: a damaged or edited checkpoint (named);
-130 interrupted (Ctrl-C): completed epochs are saved, ``--resume`` continues.
+written); 3 ``--resume`` refused: the folder holds another configuration, or was written
+by another quflow version, on other data, or by an older quflow (the differences are
+named); 4 ``--resume`` refused: a damaged or edited checkpoint (named); 5 ``--out`` is
+in use by another ``quflow reproduce`` (nothing was written); 6 a run diverged: its loss
+or network parameters stopped being finite (the run and epoch are named); 7 a file
+could not be written, e.g. a full disk (the file is named); 130 interrupted (Ctrl-C):
+completed epochs are saved, ``--resume`` continues. With 3 to 7 and 130 the files
+already written stay whole, and the cause is one line on stderr.
 """
 
 from __future__ import annotations
@@ -24,9 +45,19 @@ import tempfile
 import time
 from pathlib import Path
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MISMATCH, EXIT_CORRUPT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MISMATCH, EXIT_CORRUPT = 0, 1, 2, 3, 4
+EXIT_BUSY, EXIT_DIVERGED, EXIT_WRITE, EXIT_INTERRUPTED = 5, 6, 7, 130
 TRAINED = ("prediction", "control")
 EXPERIMENT_NAMES = ("toy", *TRAINED)
+LOCK_NAME = ".quflow-lock"
+
+# the largest values the options take (stated in --help). Eigenstates are bounded by the
+# experiments' grid (GRID_POINTS, checked against each experiment's own grid in plan).
+MAX_SEEDS = 1000  # each seed is one run per gradient method
+MAX_EPOCHS = 100_000  # ~7 h per prediction run on one core
+MAX_JOBS = 256
+MAX_THREADS = 256
+GRID_POINTS = 20  # the prediction and control grids (tests check it)
 
 
 def _experiments() -> dict:
@@ -35,14 +66,18 @@ def _experiments() -> dict:
     return {"prediction": prediction.EXPERIMENT, "control": control.EXPERIMENT}
 
 
-def _positive(name):
+def _integer(name: str, maximum: int, what: str = ""):
+    """An argparse type: an integer from 1 to ``maximum``, checked on the text (a huge
+    ``--modes`` is refused before anything is built from it)."""
     def parse(text):
         try:
             value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        except ValueError:  # also "1e23" and integers of more than 4300 digits
+            value = None
+        if value is None or not 1 <= value <= maximum:
+            shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+            raise argparse.ArgumentTypeError(
+                f"{name} must be an integer from 1 to {maximum}{what}, got {shown!r}")
         return value
     return parse
 
@@ -67,6 +102,10 @@ def _state_list(text):
             f"e.g. 2,3; got {text!r}") from None
     if any(s < 1 for s in states):
         raise argparse.ArgumentTypeError(f"--states: eigenstates are numbered from 1, got {text}")
+    for s in states:
+        if s > GRID_POINTS:
+            raise argparse.ArgumentTypeError(
+                f"--states: the grid has eigenstates 1..{GRID_POINTS}, got {s}")
     if len(set(states)) != len(states):
         raise argparse.ArgumentTypeError(f"--states: an eigenstate appears twice in {text}")
     return states
@@ -85,8 +124,11 @@ def _optimizer_list(text):
 
 
 _EXIT_CODES = ("exit codes: 0 done, 1 error, 2 bad command line, 3 --resume refused (another "
-               "configuration), 4 --resume refused (damaged checkpoint), 130 interrupted "
-               "(rerun with --resume)")
+               "configuration, quflow version or data), 4 --resume refused (damaged "
+               "checkpoint), 5 --out in use by another quflow reproduce, 6 a run diverged "
+               "(non-finite loss or parameters), 7 a file could not be written (e.g. a full "
+               "disk), 130 interrupted (rerun with --resume). OMP_WAIT_POLICY defaults to "
+               "PASSIVE (OpenMP threads sleep, not spin, between ops).")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         "reproduce", help="rerun the experiments of Schnell & Thuerey (ICML 2023 workshop)",
         description="Rerun the paper's experiments; writes CSV, PNG and DIR/results.json.",
         epilog=_EXIT_CODES)
+    eigenstates = " (the grid's eigenstates)"
     rep.add_argument("experiment", nargs="?", default="all", choices=[*EXPERIMENT_NAMES, "all"],
                      help="which experiment (default: all)")
     speed = rep.add_mutually_exclusive_group()
@@ -106,10 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     speed.add_argument("--full", dest="quick", action="store_false",
                        help="long runs: 5 seeds, 150 epochs")
     rep.add_argument("--out", default="results", help="output directory (default: results)")
-    rep.add_argument("--seeds", type=_positive("--seeds"), default=None,
-                     help="seeds per method (default: quick 3, full 5)")
-    rep.add_argument("--epochs", type=_positive("--epochs"), default=None,
-                     help="epochs per run (default: the mode's)")
+    rep.add_argument("--seeds", type=_integer("--seeds", MAX_SEEDS), default=None,
+                     help=f"seeds per method, at most {MAX_SEEDS} (default: quick 3, full 5)")
+    rep.add_argument("--epochs", type=_integer("--epochs", MAX_EPOCHS), default=None,
+                     help=f"epochs per run, at most {MAX_EPOCHS} (default: the mode's)")
     rep.add_argument("--optimizer", type=_optimizer_list, default=None,
                      help="optimisers, comma-separated (default: adam,sgd; adam is the paper's)")
     rep.add_argument("--lr", type=_positive_float, default=None,
@@ -117,27 +160,34 @@ def _parser() -> argparse.ArgumentParser:
                           "sgd 0.5 prediction, 1.0 control)")
     states = rep.add_mutually_exclusive_group()
     states.add_argument("--states", type=_state_list, default=None,
-                        help="initial states superpose these box eigenstates, e.g. 2,3 "
-                             "(default: prediction 1,2,3,4,5; control 2,3)")
-    states.add_argument("--modes", type=_positive("--modes"), default=None,
-                        help="shorthand for --states 1,...,N")
+                        help=f"initial states superpose these box eigenstates (1 to "
+                             f"{GRID_POINTS}), e.g. 2,3 (default: prediction 1,2,3,4,5; "
+                             f"control 2,3)")
+    states.add_argument("--modes", type=_integer("--modes", GRID_POINTS, eigenstates),
+                        default=None, help=f"shorthand for --states 1,...,N; N at most "
+                                           f"{GRID_POINTS}")
     kind = rep.add_mutually_exclusive_group()
     kind.add_argument("--real-states", dest="real_states", action="store_true", default=None,
                       help="real superposition coefficients (default for control)")
     kind.add_argument("--complex-states", dest="real_states", action="store_false",
                       help="complex superposition coefficients (default for prediction)")
-    rep.add_argument("--target", type=_positive("--target"), default=None,
-                     help="control target: box eigenstate K (default 1, the ground state)")
-    rep.add_argument("--threads", type=_positive("--threads"),
+    rep.add_argument("--target", type=_integer("--target", GRID_POINTS, eigenstates),
+                     default=None, help=f"control target: box eigenstate K, 1 to "
+                                        f"{GRID_POINTS} (default 1, the ground state)")
+    rep.add_argument("--threads", type=_integer("--threads", MAX_THREADS),
                      default=os.environ.get("QUFLOW_THREADS", "1"),
-                     help="intra-op threads per process (default 1: these networks are "
-                          "tiny; QUFLOW_THREADS sets the default)")
-    rep.add_argument("--jobs", type=_positive("--jobs"), default=None,
-                     help="runs trained at once, each in its own process (default: the "
-                          "available cores // --threads, at least 1; 1 under torchrun). "
-                          "Every run seeds itself: the results do not depend on it")
+                     help=f"intra-op threads per process, at most {MAX_THREADS} (default 1: "
+                          f"these networks are tiny; QUFLOW_THREADS sets the default)")
+    rep.add_argument("--jobs", type=_integer("--jobs", MAX_JOBS), default=None,
+                     help=f"runs trained at once, each in its own process, at most {MAX_JOBS} "
+                          f"(default: the available cores // --threads, at least 1; 1 under "
+                          f"torchrun). Every run seeds itself: the results do not depend on it")
     rep.add_argument("--resume", action="store_true",
                      help="continue interrupted runs from their last completed epoch")
+    rep.add_argument("--allow-version-change", action="store_true",
+                     help="with --resume: continue checkpoints written by another quflow "
+                          "version, on other data, or by an older quflow that recorded "
+                          "neither (refused otherwise)")
     rep.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress output")
     ver = sub.add_parser("verdict", help="print the verdict table from a results.json",
@@ -153,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
 # options -> the experiments that use them (for "options an experiment does not use")
 _USED_BY = {"seeds": TRAINED, "epochs": TRAINED, "optimizer": TRAINED, "lr": TRAINED,
             "states": TRAINED, "modes": TRAINED, "real_states": TRAINED, "target": ("control",),
-            "resume": TRAINED, "jobs": TRAINED}
+            "resume": TRAINED, "jobs": TRAINED, "allow_version_change": TRAINED}
 
 
 def _flag(name: str) -> str:
@@ -170,6 +220,8 @@ def plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
         value = getattr(args, option)
         if value not in (None, False) and not set(users) & set(names):
             parser.error(f"{_flag(option)}: not used by the {args.experiment} experiment")
+    if args.allow_version_change and not args.resume:
+        parser.error("--allow-version-change: only with --resume")
     optimizers = args.optimizer or _training.OPTIMIZERS
     if args.lr is not None and len(optimizers) > 1:
         parser.error("--lr: give a single --optimizer (the optimisers' learning rates differ)")
@@ -223,12 +275,16 @@ def default_jobs(threads: int) -> int:
 
 
 def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
-              progress: bool = True, jobs: int = 1) -> dict:
+              progress: bool = True, jobs: int = 1, allow_version_change: bool = False) -> dict:
     """Runs ``setups`` (``"toy"`` or :class:`~quflow.experiments._training.Setup`), merges
     their entries into ``out/results.json`` after each, and returns the merged results.
+    The caller holds the lock on ``out`` (:func:`out_lock`).
 
     Raises:
-        ConfigMismatch, CorruptCheckpoint: with ``resume``, before anything runs.
+        ConfigMismatch, CorruptCheckpoint: with ``resume``, before anything runs
+            (``VersionMismatch``, a ``ConfigMismatch``, unless ``allow_version_change``).
+        Diverged: a run's loss or parameters stopped being finite.
+        OSError: a file could not be written (its ``filename`` names it).
     """
     from .experiments import _io, _plots, _training, toy
 
@@ -236,7 +292,7 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
     trained = [s for s in setups if s != "toy"]
     if resume:  # refuse before any run writes anything
         for s in trained:
-            s.check_resumable(out)
+            s.check_resumable(out, allow_version_change=allow_version_change)
     if rank == 0:
         _io.remove_stale_temporaries(out)
         _io.remove_stale_temporaries(out / "checkpoints")
@@ -254,7 +310,8 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
     # setup's last runs, its figures and the toy overlap the next setup's training.
     shared = jobs > 1 and size == 1 and runs > 1
     with _training.Workers(min(jobs, runs)) if shared else contextlib.nullcontext() as workers:
-        started = [s.start(out, resume=resume, workers=workers) for s in trained] \
+        started = [s.start(out, resume=resume, workers=workers,
+                           allow_version_change=allow_version_change) for s in trained] \
             if shared else None
         bar.reset_clock()
         t0 = time.perf_counter()
@@ -275,7 +332,8 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
                     entry = s.finish(out, started[trained.index(s)], resume=resume,
                                      progress=bar)
                 else:
-                    entry = s.run(out, resume=resume, progress=bar)
+                    entry = s.run(out, resume=resume, progress=bar,
+                                  allow_version_change=allow_version_change)
             if rank == 0:
                 results[key] = entry
                 _io.write_json(results_path, results)
@@ -312,16 +370,63 @@ def _ci(stat: dict) -> str:
     return f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "[1 seed]"
 
 
+@contextlib.contextmanager
+def out_lock(out: Path):
+    """Holds an exclusive OS lock (``flock``) on ``out/.quflow-lock`` for one ``quflow
+    reproduce``; yields ``None`` when it has it, else the text of the lock file (the
+    holder's process id). The OS releases the lock when the process ends, however it ends
+    (the workers never hold it: they are not forked from this process). Without
+    ``fcntl`` (not POSIX) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield None
+        return
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield None
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _reproduce_main(args, parser) -> int:
     import torch
 
-    from .experiments import _io, _training
+    from .experiments import _training
 
     torch.set_num_threads(args.threads)
     setups = plan(args, parser)
     rank, size = _training.world()
     jobs = 1 if size > 1 else args.jobs or default_jobs(args.threads)
     out = _writable_dir(Path(args.out), parser) if rank == 0 else Path(args.out)
+    with out_lock(out) if rank == 0 else contextlib.nullcontext() as holder:
+        if size > 1:  # every rank learns whether rank 0 has the lock
+            import torch.distributed as dist
+
+            shared = [holder]
+            dist.broadcast_object_list(shared, src=0)
+            holder = shared[0]
+        if holder is not None:
+            if rank == 0:
+                print(f"quflow: --out {out} is in use by another quflow reproduce (process "
+                      f"{holder}); wait for it to end, or use another --out.",
+                      file=sys.stderr)
+            return EXIT_BUSY
+        return _run_locked(args, setups, out, jobs, rank)
+
+
+def _run_locked(args, setups: list, out: Path, jobs: int, rank: int) -> int:
+    """``quflow reproduce`` once the command line is checked and ``out`` is locked."""
+    from .experiments import _io, _training
+
     if args.progress and rank == 0:
         what = ", ".join(s if s == "toy" else s.key for s in setups)
         mode = ("quick" if args.quick else "full") + "".join(
@@ -331,7 +436,12 @@ def _reproduce_main(args, parser) -> int:
               f"thread(s) per process, {jobs} run(s) at once -> {out}", flush=True)
     try:
         results = reproduce(setups, out, quick=args.quick, resume=args.resume,
-                            progress=args.progress, jobs=jobs)
+                            progress=args.progress, jobs=jobs,
+                            allow_version_change=args.allow_version_change)
+    except _training.VersionMismatch as exc:
+        print(f"quflow: --resume refused: {exc}. Use another --out, or add "
+              f"--allow-version-change to continue it anyway.", file=sys.stderr)
+        return EXIT_MISMATCH
     except _training.ConfigMismatch as exc:
         print(f"quflow: --resume refused: {exc}. Use the same options, or another --out.",
               file=sys.stderr)
@@ -340,14 +450,42 @@ def _reproduce_main(args, parser) -> int:
         print(f"quflow: --resume refused: damaged checkpoint {exc}. Delete it to rerun that "
               f"run from the start.", file=sys.stderr)
         return EXIT_CORRUPT
+    except _training.Diverged as exc:
+        if rank == 0:  # every rank diverges alike
+            print(f"quflow: {exc}. Completed setups' files and checkpoints are kept.",
+                  file=sys.stderr)
+        return EXIT_DIVERGED
+    except OSError as exc:
+        what = f"cannot write {exc.filename}" if exc.filename else "input/output error"
+        print(f"quflow: {what}: {exc.strerror or exc}. The files written before are "
+              f"whole.", file=sys.stderr)
+        return EXIT_WRITE
     if rank == 0 and args.progress:
         _print_summary(results, [s if s == "toy" else s.key for s in setups])
     return EXIT_OK
 
 
+def _passive_openmp(args, from_command_line: bool) -> None:
+    """Sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment has a policy; for
+    ``reproduce --threads N`` (N > 1) run from the command line, restarts the process
+    with it (see the module docstring): libgomp read the variable when ``import quflow``
+    loaded torch, and only a process started with it has sleeping threads. Worker
+    processes and any other child inherit it."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if (from_command_line and args.command == "reproduce" and args.threads > 1
+            and os.name == "posix" and getattr(sys, "orig_argv", None)):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``quflow`` command; ``argv`` defaults to the command line (``sys.argv``)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    _passive_openmp(args, from_command_line=argv is None)
     if args.command == "verdict":
         from .experiments import verdict
 

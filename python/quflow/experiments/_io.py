@@ -38,9 +38,17 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     The file gets the permissions of an ordinary new file (``0666 & ~umask``). On any
     error (a full disk, an interrupt) the temporary file is removed and ``path`` is left
     as it was.
+
+    Raises:
+        OSError: the file could not be written; its ``filename`` is ``path`` (not the
+            temporary file), its ``errno`` and ``strerror`` the cause (e.g. ``ENOSPC``).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                   suffix=TMP_SUFFIX)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     os.close(fd)
     try:
         write(tmp)
@@ -50,13 +58,20 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` as an OSError of the same kind that names ``path``."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def _fsync_dir(directory: Path) -> None:
