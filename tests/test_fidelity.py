@@ -1,7 +1,10 @@
-"""quflow.fidelity_loss / FidelityLoss / to_complex / to_real.
+"""quflow.fidelity_loss / FidelityLoss / to_complex / to_real, and the loss family
+bures_loss / log_fidelity_loss / fubini_study_loss.
 
 Oracles: gradcheck of the "standard" mode (an exact gradient of the value); plain-autograd
 references for each mode's formula (tests/README.md, "Fidelity loss"); phase invariance.
+The family: gradcheck, the textbook formulas on a dense F, the identity G_M = ∇[2(1 − √F)]
+and closed forms at F = 0, near and at F = 1.
 """
 
 from __future__ import annotations
@@ -715,3 +718,408 @@ def test_a_module_pickled_before_layout_keeps_the_split_reading():
     assert loaded.layout == "split"
     y = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)  # ψ = (1, i)/… in split
     assert loaded(y, y).item() == pytest.approx(0.0, abs=1e-15)
+
+
+# ---------------------------------------------------------------- the loss family (issue 24)
+#
+# With p̂ = p/‖p‖, t̂ = t/‖t‖, s = ⟨t̂, p̂⟩ and F = |s|²: bures_loss = 1 − √F,
+# log_fidelity_loss = −log F, fubini_study_loss = arccos √F; G_M = ∇(1 − F)/√F is the
+# "modified" gradient of fidelity_loss. The identities tested: ∇(1 − √F) = ½·G_M (so
+# G_M = ∇[2(1 − √F)]), ∇(−log F) = G_M/√F, ∇ arccos √F = G_M/(2√(1 − F)).
+# Tolerances: complex128 1e-12 (values, gradients relative to their largest component);
+# complex64 against the complex128 reference: values 1e-5·max(1, |value|), gradients
+# 1e-5 relative (measured: ≤ 5e-6 on random states of n = 8).
+
+FAMILY = {"bures": quflow.bures_loss, "log": quflow.log_fidelity_loss,
+          "fubini_study": quflow.fubini_study_loss}
+FAMILY_TOL = {torch.complex128: 1e-12, torch.complex64: 1e-5}
+EPS = {torch.float64: torch.finfo(torch.float64).eps, torch.float32: torch.finfo(torch.float32).eps}
+
+
+def _dense_fidelity(p, t):
+    """F = |Σ conj(t)·p|²/(Σ|p|²·Σ|t|²) written directly (complex (..., n) → real (...))."""
+    s = (t.conj() * p).sum(-1)
+    return s.abs() ** 2 / ((p.abs() ** 2).sum(-1) * (t.abs() ** 2).sum(-1))
+
+
+def _dense_family(kind, p, t):
+    """The textbook formulas on the dense F, differentiated by autograd (0 < F < 1)."""
+    f = _dense_fidelity(p, t)
+    return {"bures": lambda: 1 - torch.sqrt(f), "log": lambda: -torch.log(f),
+            "fubini_study": lambda: torch.acos(torch.sqrt(f))}[kind]()
+
+
+def _family_grads(fn, p, t, reduction="sum", **kwargs):
+    p = p.detach().clone().requires_grad_()
+    t = t.detach().clone().requires_grad_()
+    loss = fn(p, t, reduction=reduction, **kwargs)
+    (loss if loss.ndim == 0 else loss.sum()).backward()
+    return loss.detach(), p.grad, t.grad
+
+
+def _max_relative(got, want):
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+def _modified(p, t, reduction="sum"):
+    return _family_grads(lambda a, b, reduction: quflow.fidelity_loss(
+        a, b, gradient="modified", reduction=reduction), p, t, reduction)
+
+
+@pytest.mark.parametrize("kind", list(FAMILY))
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_family_values_and_gradients_equal_the_dense_formulas(kind, dtype):
+    """Each loss against its textbook formula on the dense F (complex128, autograd):
+    per-sample values, the mean and the sum, and both gradients; unnormalised states."""
+    p, t = _states((9, 8), dtype, 80, scale=2.5), _states((9, 8), dtype, 81)
+    rp = p.to(torch.complex128).requires_grad_()
+    rt = t.to(torch.complex128).requires_grad_()
+    ref = _dense_family(kind, rp, rt)
+    ref.sum().backward()
+    loss, gp, gt = _family_grads(FAMILY[kind], p, t, "none")
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    assert loss.dtype == real and gp.dtype == dtype and gt.dtype == dtype
+    tol = FAMILY_TOL[dtype]
+    torch.testing.assert_close(loss.double(), ref.detach(), rtol=tol, atol=tol)
+    for red, want in (("mean", ref.mean()), ("sum", ref.sum())):
+        got = FAMILY[kind](p, t, reduction=red)
+        assert got.shape == () and got.dtype == real
+        torch.testing.assert_close(got.double(), want.detach(), rtol=tol, atol=tol)
+    assert _max_relative(gp.to(torch.complex128), rp.grad) < tol
+    assert _max_relative(gt.to(torch.complex128), rt.grad) < tol
+
+
+@pytest.mark.parametrize("kind", list(FAMILY))
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_family_passes_gradcheck(kind, reduction):
+    """First and second order, complex128, a target broadcast over the batch; and real
+    amplitudes mixed with a complex state."""
+    def f(a, b):
+        return FAMILY[kind](a, b, reduction=reduction)
+    p = _states((3, 4), seed=82, scale=1.7).requires_grad_()
+    t = _states((4,), seed=83).requires_grad_()
+    assert torch.autograd.gradcheck(f, (p, t))
+    assert torch.autograd.gradgradcheck(f, (p, t))
+    pr = _states((3, 4), seed=84).real.clone().requires_grad_()
+    assert torch.autograd.gradcheck(f, (pr, t))
+
+
+# ---------------------------------------------------------------- the identity
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3, 40.0])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_modified_gradient_is_the_gradient_of_twice_the_bures_loss(scale, reduction):
+    """G_M = ∇L/√(1 − L) of L = 1 − F is the ordinary gradient of D = 2(1 − √F): against
+    autograd of the dense D (complex128, per sample, any scale: F is that of the normalised
+    states) and against 2·∇bures_loss, in every reduction; the values: bures = 1 − √F."""
+    p, t = _states((7, 6), seed=85, scale=scale), _states((7, 6), seed=86)
+    _, gp_m, gt_m = _modified(p, t, reduction)
+    rp, rt = p.clone().requires_grad_(), t.clone().requires_grad_()
+    d = 2 * (1 - torch.sqrt(_dense_fidelity(rp, rt)))
+    {"mean": d.mean, "sum": d.sum, "none": d.sum}[reduction]().backward()
+    assert _max_relative(gp_m, rp.grad) < 1e-13
+    assert _max_relative(gt_m, rt.grad) < 1e-13
+    loss_b, gp_b, gt_b = _family_grads(quflow.bures_loss, p, t, reduction)
+    assert _max_relative(gp_m, 2 * gp_b) < 1e-13 and _max_relative(gt_m, 2 * gt_b) < 1e-13
+    want = (d / 2).detach()
+    want = {"mean": want.mean(), "sum": want.sum(), "none": want}[reduction]
+    torch.testing.assert_close(loss_b, want, atol=1e-14, rtol=0)
+
+
+def test_twice_the_bures_loss_is_the_phase_optimal_distance_of_unit_states():
+    """For unit states, 2(1 − √F) = min_θ ‖p̂ − e^{iθ} t̂‖², attained at e^{iθ} = s/|s|;
+    a grid of 4096 phases never goes below it (and comes within the grid's resolution)."""
+    p, t = _states((6, 5), seed=87, scale=3.0), _states((6, 5), seed=88)
+    p_hat = p / torch.linalg.vector_norm(p, dim=-1, keepdim=True)
+    t_hat = t / torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+    d = 2 * quflow.bures_loss(p, t, reduction="none")
+    s = (t_hat.conj() * p_hat).sum(-1, keepdim=True)
+    at_optimum = (p_hat - (s / s.abs()) * t_hat).abs().square().sum(-1)
+    torch.testing.assert_close(at_optimum, d, atol=1e-14, rtol=0)
+    theta = torch.linspace(0, 2 * math.pi, 4097, dtype=torch.float64)[:-1]
+    grid = (p_hat[:, None] - torch.exp(1j * theta)[:, None] * t_hat[:, None]).abs().square().sum(-1)
+    assert (grid.min(-1).values >= d - 1e-14).all()
+    assert (grid.min(-1).values - d).max() < (2 * math.pi / 4096) ** 2
+
+
+def test_modified_gradient_of_non_unit_states():
+    """What holds for non-unit inputs (the loss normalises them): G_M(p, t) is the gradient
+    of D(p/‖p‖, t/‖t‖) = 2(1 − √F) through the normalisation, so G_M(c·p, t) = G_M(p, t)/c
+    and Re⟨p, G_M⟩ = 0 (tangent: D is scale invariant). It is not the gradient of the raw
+    distance D_raw = min_θ ‖p − e^{iθ} t‖² = ‖p‖² + ‖t‖² − 2|⟨t,p⟩|: at unit states
+    ∇_p D_raw = G_M + D·p and ∇_t D_raw = G_M,t + D·t (G_M is D_raw's gradient projected
+    on the sphere's tangent space); at other scales they differ altogether."""
+    p, t = _states((5, 4), seed=89), _states((5, 4), seed=90)
+    p = p / torch.linalg.vector_norm(p, dim=-1, keepdim=True)
+    t = t / torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+    _, gp, gt = _modified(p, t)
+    for c in (1e-5, 0.3, 7.0):
+        _, gp_c, gt_c = _modified(c * p, t)
+        assert _max_relative(gp_c, gp / c) < 1e-13 and _max_relative(gt_c, gt) < 1e-13
+        rp = (c * p).requires_grad_()
+        unit = rp / torch.linalg.vector_norm(rp, dim=-1, keepdim=True)  # plain autograd
+        (2 * (1 - (t.conj() * unit).sum(-1).abs())).sum().backward()
+        assert _max_relative(gp_c, rp.grad) < 1e-13
+    assert ((p.conj() * gp).sum(-1).real.abs() < 1e-14).all()
+    assert ((t.conj() * gt).sum(-1).real.abs() < 1e-14).all()
+
+    def raw_grads(a, b):
+        a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
+        d_raw = (a.abs().square().sum(-1) + b.abs().square().sum(-1)
+                 - 2 * (b.conj() * a).sum(-1).abs())
+        d_raw.sum().backward()
+        return d_raw.detach(), a.grad, b.grad
+
+    d, gp_raw, gt_raw = raw_grads(p, t)
+    torch.testing.assert_close(d, 2 * quflow.bures_loss(p, t, reduction="none"), atol=1e-14, rtol=0)
+    torch.testing.assert_close(gp_raw, gp + d[:, None] * p, atol=1e-14, rtol=0)
+    torch.testing.assert_close(gt_raw, gt + d[:, None] * t, atol=1e-14, rtol=0)
+    _, gp_raw3, _ = raw_grads(3 * p, t)
+    _, gp3, _ = _modified(3 * p, t)
+    assert (gp_raw3 - gp3).abs().max() > 0.1  # a different flow off the unit sphere
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_family_gradients_in_terms_of_the_modified_flow(dtype):
+    """Per sample: ∇(1 − √F) = ½·G_M, ∇(−log F) = G_M/√F, ∇θ = G_M/(2 sin θ)."""
+    p, t = _states((8, 5), dtype, 91, scale=0.5), _states((8, 5), dtype, 92)
+    _, gp_m, gt_m = _modified(p, t)
+    f = 1 - quflow.fidelity_loss(p, t, reduction="none")[:, None]
+    factor = {"bures": 0.5 * torch.ones_like(f), "log": 1 / f.sqrt(),
+              "fubini_study": 0.5 / (1 - f).sqrt()}
+    tol = FAMILY_TOL[dtype]
+    for kind, fn in FAMILY.items():
+        _, gp, gt = _family_grads(fn, p, t)
+        assert _max_relative(gp, factor[kind] * gp_m) < tol, kind
+        assert _max_relative(gt, factor[kind] * gt_m) < tol, kind
+
+
+def test_fubini_study_gradient_has_the_norm_of_a_distance():
+    """θ is a geodesic distance: ‖∇_p θ‖ = 1/‖p‖ and ‖∇_t θ‖ = 1/‖t‖ for 0 < θ < π/2."""
+    p, t = _states((10, 5), seed=106, scale=3.0), _states((10, 5), seed=107)
+    _, gp, gt = _family_grads(quflow.fubini_study_loss, p, t)
+    for x, g in ((p, gp), (t, gt)):
+        norm = torch.linalg.vector_norm(x, dim=-1)
+        torch.testing.assert_close(torch.linalg.vector_norm(g, dim=-1) * norm,
+                                   torch.ones(10, dtype=torch.float64), atol=1e-14, rtol=0)
+
+
+# ---------------------------------------------------------------- F = 0 and F = 1
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_family_at_orthogonal_states(dtype):
+    """F = 0: √F is a cone in the overlap; each loss returns the limit along a real
+    positive overlap, the modified gradient's phase-1 convention: bures and the angle
+    ∂p = −t̂/‖p‖, ∂t = −p̂/‖t‖ (so 2·∇bures = G_M holds at F = 0 too); −log F its
+    continuation's gradient, 2/√ε times that, and the value 2 − log ε. All finite."""
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    eps = EPS[real]
+    p = torch.tensor([[0.0, 2.0, 1j], [3.0, 0.0, 0.0]], dtype=dtype)
+    t = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, -0.5j]], dtype=dtype)
+    norm_p = torch.linalg.vector_norm(p, dim=-1, keepdim=True)
+    norm_t = torch.linalg.vector_norm(t, dim=-1, keepdim=True)
+    want_p, want_t = -t / norm_t / norm_p, -p / norm_p / norm_t
+    values = {"bures": 1.0, "log": 2 - math.log(eps), "fubini_study": math.pi / 2}
+    scales = {"bures": 1.0, "log": 2 / math.sqrt(eps), "fubini_study": 1.0}
+    tol = 10 * eps
+    _, gp_m, gt_m = _modified(p, t)
+    for kind, fn in FAMILY.items():
+        loss, gp, gt = _family_grads(fn, p, t, "none")
+        assert torch.isfinite(gp).all() and torch.isfinite(gt).all()
+        torch.testing.assert_close(loss, torch.full((2,), values[kind], dtype=real),
+                                   atol=0, rtol=tol)
+        assert _max_relative(gp, scales[kind] * want_p) < tol, kind
+        assert _max_relative(gt, scales[kind] * want_t) < tol, kind
+    _, gp_b, gt_b = _family_grads(quflow.bures_loss, p, t)
+    assert _max_relative(2 * gp_b, gp_m) < tol and _max_relative(2 * gt_b, gt_m) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_family_at_equal_states(dtype):
+    """F = 1 (p = t, p = 3t, p = e^{iα}t): values in [0, 4ε]; bures and −log F have zero
+    gradient there (to round-off: ≤ 8ε/‖p‖); the angle is a cone (like |x|): its gradient
+    is finite with norm ≤ 1/‖p‖, in the direction of the round-off of p̂ − ⟨t̂,p̂⟩t̂, and 0
+    where that component is exactly 0."""
+    real = torch.float64 if dtype == torch.complex128 else torch.float32
+    eps = EPS[real]
+    t = _states((1, 6), dtype, 93)
+    for p in (t.clone(), 3 * t, t * complex(math.cos(1.0), math.sin(1.0))):
+        norm_p = torch.linalg.vector_norm(p).item()
+        for kind, fn in FAMILY.items():
+            loss, gp, gt = _family_grads(fn, p, t)
+            assert 0 <= loss.item() <= 4 * eps, kind
+            assert torch.isfinite(gp).all() and torch.isfinite(gt).all()
+            bound = 1 / norm_p if kind == "fubini_study" else 8 * eps / norm_p
+            assert torch.linalg.vector_norm(gp).item() <= bound * (1 + 1e-6), kind
+    e1 = torch.tensor([1.0, 0.0, 0.0], dtype=dtype)  # p̂ − ⟨t̂,p̂⟩t̂ is exactly 0: so is ∇θ
+    loss, gp, gt = _family_grads(quflow.fubini_study_loss, 2 * e1, e1)
+    assert loss.item() == 0 and gp.abs().max() == 0 and gt.abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("delta", [1e-3, 1e-6, 1e-10])
+def test_family_near_equal_states_is_accurate(dtype, delta):
+    """p = (1, δ), t = (1, 0): F = 1/(1 + δ²), θ = atan δ, 1 − √F = δ²/(√(1+δ²)(1+√(1+δ²))),
+    −log F = log1p(δ²); ∂θ/∂p = (−δ, 1)/(1 + δ²). Computed from p̂'s orthogonal component,
+    each value and gradient is relatively accurate even where arccos √F or 1 − √F would
+    round to 0 (δ = 1e-10 in double, 1e-6 in float)."""
+    p = torch.tensor([1.0, delta], dtype=dtype)
+    t = torch.tensor([1.0, 0.0], dtype=dtype)
+    root = math.sqrt(1 + delta ** 2)
+    want = {"bures": delta ** 2 / (root * (1 + root)), "log": math.log1p(delta ** 2),
+            "fubini_study": math.atan(delta)}
+    rtol = 1e-13 if dtype == torch.float64 else 1e-5
+    for kind, fn in FAMILY.items():
+        assert fn(p, t).item() == pytest.approx(want[kind], rel=rtol), kind
+    _, gp, _ = _family_grads(quflow.fubini_study_loss, p, t)
+    want_grad = torch.tensor([-delta, 1.0], dtype=torch.float64) / (1 + delta ** 2)
+    assert _max_relative(gp.double(), want_grad) < rtol
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_log_fidelity_is_continued_by_its_tangent_below_eps(dtype):
+    """−log F for F ≥ ε; below, −log ε + 2(1 − √F/√ε): value and gradient continuous at
+    F = ε, and the gradient's norm at most 2/(√ε‖p‖) everywhere. p = (δ, 1), t = (1, 0):
+    √F = δ/√(1 + δ²)."""
+    eps = EPS[dtype]
+    c_min = math.sqrt(eps)
+    t = torch.tensor([1.0, 0.0], dtype=dtype)
+
+    def at(c):  # p with √F = c
+        p = torch.tensor([c / math.sqrt(1 - c * c), 1.0], dtype=dtype)
+        loss, gp, _ = _family_grads(quflow.log_fidelity_loss, p, t)
+        return loss.item(), gp
+
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
+    above, g_above = at(c_min * (1 + 1e-3))
+    below, g_below = at(c_min * (1 - 1e-3))
+    assert above == pytest.approx(-math.log(eps) - 2e-3, rel=1e-5)
+    assert below == pytest.approx(-math.log(eps) + 2e-3, rel=1e-5)
+    assert _max_relative(g_above, g_below) < 3e-3  # 2/c jumps by nothing at c_min
+    for c in (0.0, 0.1 * c_min, 0.9 * c_min):
+        value, g = at(c)
+        assert value == pytest.approx(-math.log(eps) + 2 * (1 - c / c_min), rel=tol)
+        assert torch.linalg.vector_norm(g).item() <= 2 / c_min * (1 + tol)
+    value, _ = at(0.3)
+    assert value == pytest.approx(-math.log(0.09), rel=tol)
+
+
+def test_family_values_are_in_range():
+    """0 ≤ 1 − √F ≤ 1, 0 ≤ −log F ≤ 2 − log ε, 0 ≤ θ ≤ π/2 on random, equal (where
+    fidelity_loss may round to −ε) and orthogonal states."""
+    t = _states((40, 5), seed=94)
+    p = torch.cat([_states((40, 5), seed=95), t, 2j * t,
+                   torch.stack([t[:, 1].conj(), -t[:, 0].conj(), 0 * t[:, 2], 0 * t[:, 3],
+                                0 * t[:, 4]], -1)])  # ⟨t, p⟩ = 0 on the last 40
+    tt = t.repeat(4, 1)
+    upper = {"bures": 1.0, "log": 2 - math.log(EPS[torch.float64]), "fubini_study": math.pi / 2}
+    for kind, fn in FAMILY.items():
+        out = fn(p, tt, reduction="none")
+        assert out.min() >= 0 and out.max() <= upper[kind], kind
+
+
+# ---------------------------------------------------------------- conventions and errors
+
+@pytest.mark.parametrize("kind", list(FAMILY))
+def test_family_layouts_and_real_inputs(kind):
+    """A real (B, n) pred/target is the complex state with zero imaginary part (gradient:
+    the real part); layout="split" reads [Re ψ, Im ψ]; both as fidelity_loss."""
+    fn = FAMILY[kind]
+    p, t = _states((5, 6), seed=96, scale=2.0), _states((5, 6), seed=97)
+    loss_r, gp_r, gt_r = _family_grads(fn, p.real, t.real)
+    loss_c, gp_c, gt_c = _family_grads(fn, p.real.to(p.dtype), t.real.to(t.dtype))
+    assert gp_r.dtype == torch.float64
+    torch.testing.assert_close(loss_r, loss_c, atol=1e-14, rtol=0)
+    torch.testing.assert_close(gp_r, gp_c.real, atol=1e-14, rtol=0)
+    torch.testing.assert_close(gt_r, gt_c.real, atol=1e-14, rtol=0)
+    loss_s, yp_grad, _ = _family_grads(fn, quflow.to_real(p), quflow.to_real(t), layout="split")
+    loss_c, gp_c, _ = _family_grads(fn, p, t)
+    torch.testing.assert_close(loss_s, loss_c, atol=1e-14, rtol=0)
+    torch.testing.assert_close(yp_grad, quflow.to_real(gp_c), atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("kind", list(FAMILY))
+def test_family_reductions_and_broadcasting(kind):
+    fn = FAMILY[kind]
+    p, t = _states((3, 4, 5), seed=98), _states((4, 5), seed=99)
+    none = fn(p, t, reduction="none")
+    assert none.shape == (3, 4)
+    torch.testing.assert_close(none, _dense_family(kind, p, t.expand(3, 4, 5)), atol=1e-13, rtol=0)
+    assert torch.equal(fn(p, t), none.mean()) and torch.equal(fn(p, t, reduction="sum"), none.sum())
+    empty = torch.zeros(0, 5, dtype=torch.complex128)
+    assert fn(empty, t[0], reduction="sum").item() == 0
+    assert fn(empty, t[0], reduction="none").shape == (0,)
+    with pytest.raises(ValueError, match="pred: the batch is empty"):
+        fn(empty, t[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("kind", list(FAMILY))
+def test_family_is_right_at_any_finite_scale(dtype, kind):
+    """L(c·p, t) = L(p, t) and ∇_p L(c·p, t) = ∇_p L(p, t)/c, subnormal states included."""
+    fn = FAMILY[kind]
+    p, t = _states((4, 5), dtype, 100), _states((4, 5), dtype, 101)
+    loss0, gp0, _ = _family_grads(fn, p, t)
+    tiny = 1e-310 if dtype == torch.complex128 else 1e-40
+    rtol = 1e-12 if dtype == torch.complex128 else 1e-4
+    for c in SCALES[dtype]:
+        loss, gp, _ = _family_grads(fn, p * c, t)
+        assert loss.item() == pytest.approx(loss0.item(), rel=rtol), c
+        assert _max_relative(gp * c, gp0) < 10 * rtol, c
+    torch.testing.assert_close(fn(p * tiny, t * tiny), fn(p, t), rtol=ROUNDED_TOL[dtype], atol=0)
+
+
+@pytest.mark.parametrize("kind", list(FAMILY))
+@pytest.mark.parametrize("call,exc,msg", [
+    (lambda f: f([1.0, 0.0], torch.ones(2)), TypeError, "pred: expected a torch.Tensor"),
+    (lambda f: f(torch.ones(2, dtype=torch.int64), torch.ones(2)), TypeError, "pred: expected a complex"),
+    (lambda f: f(torch.ones(4), torch.ones(2, 4).half()), TypeError, "target: expected a complex"),
+    (lambda f: f(torch.ones(3), torch.ones(4), layout="split"), ValueError,
+     r"pred: with layout='split' a real pred must have an even last dimension"),
+    (lambda f: f(torch.ones(2, dtype=torch.complex128), torch.ones(4)), ValueError,
+     r"target: the state has n = 4 components but pred has n = 2; a real tensor"),
+    (lambda f: f(torch.tensor(1.0), torch.ones(2)), ValueError, "pred: expected shape"),
+    (lambda f: f(torch.ones(3, 4), torch.ones(2, 4)), ValueError, "do not broadcast"),
+    (lambda f: f(torch.tensor([1.0, float("nan")]), torch.ones(2)), ValueError, "pred: contains NaN"),
+    (lambda f: f(torch.ones(2), torch.tensor([float("inf"), 0.0])), ValueError, "target: contains NaN"),
+    (lambda f: f(torch.ones(2, 2), torch.zeros(2, 2)), ValueError, "target: a sample has zero norm"),
+    (lambda f: f(torch.ones(2), torch.ones(2), reduction="max"), ValueError,
+     r"reduction: expected one of \('mean', 'sum', 'none'\), got 'max'"),
+    (lambda f: f(torch.ones(2), torch.ones(2), layout="real"), ValueError,
+     r"layout: expected one of \('amplitudes', 'split'\), got 'real'"),
+])
+def test_family_bad_input(kind, call, exc, msg):
+    with pytest.raises(exc, match=msg):
+        call(FAMILY[kind])
+
+
+def test_family_under_torch_func_and_compile():
+    """torch.func.grad equals eager autograd; torch.compile(fullgraph=True) traces each loss
+    (forward and backward) without a graph break and equals eager."""
+    torch._dynamo.reset()
+    p, t = _states((4, 5), seed=102), _states((5,), seed=103)
+    for kind, fn in FAMILY.items():
+        got = torch.func.grad(lambda a: fn(a, t))(p)
+        _, want, _ = _family_grads(fn, p, t, "mean")
+        torch.testing.assert_close(got, want, atol=1e-15, rtol=0)
+        a = p.clone().requires_grad_()
+        value = torch.compile(fn, fullgraph=True, backend="aot_eager")(a, t)
+        (grad,) = torch.autograd.grad(value, a)
+        torch.testing.assert_close(value, fn(p, t), atol=1e-14, rtol=0)
+        torch.testing.assert_close(grad, want, atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("kind", list(FAMILY))
+def test_family_near_equal_generic_float32_states(kind):
+    """Generic complex64 states with θ ≈ 1e-4: the value's relative error is about ε/θ
+    (≈ 1e-3 in float; bound 1e-2) against the dense textbook formula in double on the same
+    float inputs, where that formula in float is wrong by more than 10 % or NaN (1 − √F ≈
+    5e-9 is below float's ε; √F rounds above 1, where arccos is NaN)."""
+    t = _states((16, 6), torch.complex64, 104)
+    p = t + 1e-4 * _states((16, 6), torch.complex64, 105)
+    want = _dense_family(kind, p.to(torch.complex128), t.to(torch.complex128))
+    got = FAMILY[kind](p, t, reduction="none").double()
+    naive = _dense_family(kind, p, t).double()
+    assert ((got - want).abs() / want).max() < 1e-2
+    naive_error = (naive - want).abs() / want
+    assert naive_error.isnan().any() or naive_error.max() > 0.1

@@ -10,7 +10,8 @@ so that the simulator does not pay PennyLane's import time.
 
 from __future__ import annotations
 
-from .fidelity import FidelityLoss, fidelity_loss, to_complex, to_real
+from .fidelity import (FidelityLoss, bures_loss, fidelity_loss, fubini_study_loss,
+                       log_fidelity_loss, to_complex, to_real)
 from .grid import Grid, random_states
 from .schrodinger import crank_nicolson
 
@@ -43,8 +44,11 @@ __all__ = [
     "Grid",
     "QNG",
     "QuantumLayer",
+    "bures_loss",
     "crank_nicolson",
     "fidelity_loss",
+    "fubini_study_loss",
+    "log_fidelity_loss",
     "metric_tensor",
     "pinn",
     "random_states",

@@ -15,7 +15,8 @@ from torch import nn
 
 from . import _checks
 
-__all__ = ["FidelityLoss", "fidelity_loss", "to_complex", "to_real"]
+__all__ = ["FidelityLoss", "bures_loss", "fidelity_loss", "fubini_study_loss",
+           "log_fidelity_loss", "to_complex", "to_real"]
 
 GRADIENTS = ("standard", "modified", "l2")
 REDUCTIONS = ("mean", "sum", "none")
@@ -54,6 +55,12 @@ def to_real(psi: torch.Tensor) -> torch.Tensor:
     """Complex ``ψ`` of shape ``(..., n)`` → real ``(..., 2n)`` laid out ``[Re ψ, Im ψ]``.
 
     The inverse of :func:`to_complex`; differentiable.
+
+    Args:
+        psi: complex64/complex128 tensor of shape ``(..., n)``.
+
+    Returns:
+        float32/float64 tensor of shape ``(..., 2n)``: ``[Re ψ_1..Re ψ_n, Im ψ_1..Im ψ_n]``.
 
     Example:
         >>> to_real(torch.tensor([1 + 3j, 2 + 4j]))
@@ -265,6 +272,10 @@ _Fidelity.forward.__signature__ = inspect.signature(_Fidelity.forward)
 def _check_options(gradient: str, reduction: str, layout: str) -> None:
     if gradient not in GRADIENTS:
         raise ValueError(f"gradient: expected one of {GRADIENTS}, got {gradient!r}")
+    _check_reduction_and_layout(reduction, layout)
+
+
+def _check_reduction_and_layout(reduction: str, layout: str) -> None:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
     if layout not in LAYOUTS:
@@ -393,6 +404,31 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "
             not broadcast, NaN/Inf or a zero-norm sample (eager mode), an unknown
             ``gradient``, ``reduction`` or ``layout``.
 
+    Notes:
+        The modified flow is the ordinary gradient of another loss. With
+        ``F = 1 − L = |⟨t̂, p̂⟩|²`` (``p̂ = p/‖p‖``, ``t̂ = t/‖t‖``), the chain rule gives,
+        per sample::
+
+            ∇[2(1 − √F)] = −∇F/√F = ∇L/√(1 − L) = G_M,
+
+        and for unit states ``2(1 − √F) = min_θ ‖p̂ − e^{iθ} t̂‖²`` (attained at
+        ``e^{iθ} = ⟨t̂,p̂⟩/|⟨t̂,p̂⟩|``): the phase-optimal L2 distance, i.e. the squared
+        Bures distance of the two pure states. So ``"modified"`` trains on a different
+        loss, twice :func:`bures_loss`, while reporting ``1 − F``. Because the loss
+        normalises its inputs, this holds exactly for any finite non-zero ``p`` and ``t``
+        with ``F`` that of the normalised states: ``G_M`` is the gradient of
+        ``2(1 − √F(p/‖p‖, t/‖t‖))`` through the normalisation, so
+        ``G_M(c·p, t) = G_M(p, t)/c`` and ``Re⟨p, G_M⟩ = 0``. It is *not* the gradient of
+        the raw distance ``D = min_θ ‖p − e^{iθ} t‖² = ‖p‖² + ‖t‖² − 2|⟨t,p⟩|``: even at
+        unit ``p``, ``t`` (where ``D = 2(1 − √F)``), ``∇_p D = G_M + D·p`` and
+        ``∇_t D = G_M,t + D·t``, of which ``G_M`` is the part tangent to the unit sphere;
+        off it the two flows differ altogether. At ``⟨t,p⟩ = 0`` both sides use the phase
+        1 (see ``"modified"`` above). Under SGD, ``"modified"`` at learning rate ``η``
+        takes the steps of :func:`bures_loss` at ``2η``. The siblings, each with its plain
+        gradient: :func:`bures_loss` (``1 − √F``, ``∇ = ½·G_M``),
+        :func:`log_fidelity_loss` (``−log F``, ``∇ = G_M/√F``) and
+        :func:`fubini_study_loss` (``arccos √F``, ``∇ = G_M/(2√(1 − F))``).
+
     Example:
         >>> p = torch.tensor([[1.0 + 0j, 0.0], [1.0, 1.0]], requires_grad=True)
         >>> t = torch.tensor([0.0 + 0j, 1.0])
@@ -415,6 +451,18 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "
         tensor([0., 1.])
     """
     _check_options(gradient, reduction, layout)
+    p, t = _pair(pred, target, reduction, layout)
+    settings = _SETTINGS[gradient, not torch.compiler.is_compiling()]
+    if torch.is_grad_enabled() and (p.requires_grad or t.requires_grad):
+        losses = _Fidelity.apply(p, t, settings)
+    else:  # nothing to differentiate: the value without autograd.Function's overhead
+        losses = _Fidelity.forward(p, t, settings)
+    return _reduce(losses, reduction)
+
+
+def _pair(pred: object, target: object, reduction: str, layout: str):
+    """``pred`` and ``target`` as complex states of one dtype, expanded to the broadcast
+    shape ``(*batch, n)``; every structural check, each naming its argument."""
     p = _as_state("pred", pred, layout)
     t = _as_state("target", target, layout)
     if p.shape[-1] != t.shape[-1]:
@@ -434,12 +482,10 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "
                          f"over no samples is undefined (reduction='sum' gives 0)")
     dtype = torch.promote_types(p.dtype, t.dtype)
     shape = (*batch, p.shape[-1])
-    p, t = p.to(dtype).expand(shape), t.to(dtype).expand(shape)
-    settings = _SETTINGS[gradient, not torch.compiler.is_compiling()]
-    if torch.is_grad_enabled() and (p.requires_grad or t.requires_grad):
-        losses = _Fidelity.apply(p, t, settings)
-    else:  # nothing to differentiate: the value without autograd.Function's overhead
-        losses = _Fidelity.forward(p, t, settings)
+    return p.to(dtype).expand(shape), t.to(dtype).expand(shape)
+
+
+def _reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return losses.mean()
     if reduction == "sum":
@@ -484,3 +530,266 @@ class FidelityLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"gradient={self.gradient!r}, reduction={self.reduction!r}, layout={self.layout!r}"
+
+
+# ---------------------------------------------------------------- the loss family (issue 24)
+
+def _overlap(p: torch.Tensor, t: torch.Tensor):
+    """Per sample ``c = |⟨t̂, p̂⟩| = √F`` and ``r = p̂ − ⟨t̂, p̂⟩·t̂`` (``p̂``'s component
+    orthogonal to ``t̂``, ``‖r‖² = 1 − F``), on the unit vectors of :func:`_unit`, in plain
+    differentiable torch ops. ``c``: real ``(...)``; ``r``: complex ``(..., n)``.
+
+    ``|s|`` is a cone at ``s = 0`` (no gradient there; torch's ``sgn(0) = 0`` would give
+    none): at ``s = 0`` exactly ``c`` is taken as ``Re s``, whose gradient is the limit
+    along a real positive overlap, the phase-1 convention of the modified gradient
+    (``_phase``). ``‖r‖ = sin θ = √(1 − F)`` without the cancellation of ``1 − c²``: its
+    error is a few ε in absolute terms, where ``√(1 − c²)`` from ``c`` carries ``√ε``."""
+    p_hat = _unit(p)[0]
+    t_hat = _unit(t)[0]
+    s = torch.linalg.vecdot(t_hat, p_hat)  # Σ conj(t̂)·p̂, (...)
+    c = torch.where(s == 0, s.real, s.abs())
+    return c, p_hat - s[..., None] * t_hat
+
+
+# Each kind: per-sample value from (c, r); two branches, each used where it is well
+# conditioned (c ≤ 1/2: from c; c > 1/2: from ‖r‖), the unused branch's input made safe so
+# that its gradient is 0 and never 0·∞ = NaN.
+
+def _bures(c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """1 − c, written as (1 − c²)/(1 + c) = ‖r‖²/(1 + c) where c > 1/2."""
+    near = c > 0.5
+    return torch.where(near, _norm(r).square() / (1 + c), 1 - c)
+
+
+def _log_fidelity(c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """−log F = −2 log c; −log1p(−‖r‖²) where c² > 1/2; below c_min = √eps (F < eps) the
+    tangent of −2 log c at c_min: −log eps + 2 − 2c/c_min (finite, C¹ at c_min)."""
+    eps = torch.finfo(c.dtype).eps
+    c_min = math.sqrt(eps)
+    near = c > math.sqrt(0.5)
+    q = torch.where(near, _norm(r).square(), 0)
+    far = torch.where(c >= c_min, -2 * torch.log(c.clamp_min(c_min)),
+                      (2 - math.log(eps)) - (2 / c_min) * c)
+    return torch.where(near, -torch.log1p(-q), far)
+
+
+def _fubini_study(c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """θ = arccos c for c ≤ 1/2 (|dθ/dc| ≤ 2/√3); atan2(‖r‖, c) = atan2(sin θ, cos θ) for
+    c > 1/2, where arccos loses half the digits and has an infinite derivative at c = 1."""
+    near = c > 0.5
+    return torch.where(near, torch.atan2(_norm(r), torch.where(near, c, 1)),
+                       torch.acos(c.clamp_max(0.5)))
+
+
+_KINDS = {"bures": _bures, "log": _log_fidelity, "fubini_study": _fubini_study}
+
+
+def _family(kind: str, pred: object, target: object, reduction: str,
+            layout: str) -> torch.Tensor:
+    _check_reduction_and_layout(reduction, layout)
+    p, t = _pair(pred, target, reduction, layout)
+    if not torch.compiler.is_compiling():  # data-dependent: eager only, as fidelity_loss
+        _check_values(p, t)
+    c, r = _overlap(p, t)
+    return _reduce(_KINDS[kind](c, r), reduction)
+
+
+def bures_loss(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean",
+               layout: str = "amplitudes") -> torch.Tensor:
+    r"""Bures loss ``1 − √F``: half the squared Bures distance of two pure states.
+
+    Per sample ``i``, with ``F_i = |⟨p_i, t_i⟩|² / (‖p_i‖²·‖t_i‖²)`` the fidelity of
+    :func:`fidelity_loss`::
+
+        B_i = 1 − √F_i = ½·min_θ ‖p̂_i − e^{iθ} t̂_i‖²,   p̂ = p/‖p‖, t̂ = t/‖t‖,
+
+    i.e. half the phase-optimal L2 distance of the normalised states (the squared Bures
+    distance ``2(1 − √F)`` of pure states, halved). Its ordinary gradient is *half* the
+    modified gradient flow of Schnell & Thuerey (2023), per sample and at any scale::
+
+        ∇B_i = −∇F_i / (2√F_i) = ½ · ∇L_i / √(1 − L_i),   L_i = 1 − F_i,
+
+    so plain SGD on ``bures_loss`` at learning rate ``2η`` takes the same steps as
+    ``fidelity_loss(gradient="modified")`` at ``η``, and Adam (invariant to a constant
+    gradient scale, up to its ``ε``) the same steps at the same rate; only the reported
+    value differs (``1 − √F`` against ``1 − F``).
+
+    Singularities. ``F → 1``: smooth (``∇B → 0``); for ``√F > 1/2`` the value is computed
+    as ``(1 − F)/(1 + √F)`` with ``1 − F = ‖p̂ − ⟨t̂,p̂⟩ t̂‖²`` (``p̂``'s component
+    orthogonal to ``t̂``): a relative error of about ``ε/√B`` (``ε`` the dtype's machine
+    epsilon), where ``1 − √F`` formed from ``√F`` has an absolute error ``ε`` and cannot
+    resolve ``B`` below it. ``F = 0`` (orthogonal states): ``√F`` is a cone in the overlap
+    ``⟨t̂, p̂⟩`` and has no gradient there; the gradient returned is its limit along a real
+    positive overlap, ``∂p = −t̂/‖p‖``, ``∂t = −p̂/‖t‖`` (finite, towards the other state;
+    the modified gradient's convention, so ``∇B = ½·G_M`` holds at ``F = 0`` too).
+    ``0 ≤ B ≤ 1`` always.
+
+    Inputs are read as by :func:`fidelity_loss` (the same layouts, broadcasting, promotion
+    and error messages); the value is right at any finite non-zero scale of ``p`` and
+    ``t``. The gradient is plain autograd (differentiable again wherever ``F > 0``).
+
+    Args:
+        pred: prediction ``p``: complex64/complex128 ``(..., n)``; real float32/float64
+            ``(..., n)`` with ``layout="amplitudes"``, or ``(..., 2n)`` ``[Re ψ, Im ψ]``
+            with ``layout="split"``.
+        target: target ``t``, same conventions and ``n``; broadcast against ``pred``
+            over the leading (batch) dimensions.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        layout: how a real input is read: ``"amplitudes"`` (default) or ``"split"``.
+
+    Returns:
+        Real tensor (float32/float64 following the inputs' precision): a scalar, or the
+        per-sample losses of the broadcast batch shape for ``reduction="none"``.
+
+    Raises:
+        TypeError: non-tensors, integer or half-precision tensors.
+        ValueError: as :func:`fidelity_loss`: shapes, NaN/Inf or a zero-norm sample (eager
+            mode), an unknown ``reduction`` or ``layout``.
+
+    References:
+        Schnell & Thuerey, "A Gradient Flow Modification to Improve Learning from
+        Differentiable Quantum Simulators", ICML 2023 workshop (the modified flow);
+        Bengtsson & Życzkowski, "Geometry of Quantum States" (the Bures distance).
+
+    Example:
+        >>> t = torch.tensor([1.0, 0.0], dtype=torch.float64)
+        >>> p = torch.tensor([[1.0, 1.0], [0.0, 2.0]], dtype=torch.float64, requires_grad=True)
+        >>> loss = bures_loss(p, t, reduction="none")
+        >>> loss.detach()   # 1 − cos(π/4), 1
+        tensor([0.2929, 1.0000], dtype=torch.float64)
+        >>> loss.sum().backward()
+        >>> p_m = p.detach().clone().requires_grad_()
+        >>> fidelity_loss(p_m, t, gradient="modified", reduction="sum").backward()
+        >>> torch.allclose(p.grad, p_m.grad / 2, rtol=1e-14, atol=1e-15)   # ∇B = ½·G_M
+        True
+    """
+    return _family("bures", pred, target, reduction, layout)
+
+
+def log_fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean",
+                      layout: str = "amplitudes") -> torch.Tensor:
+    r"""Log-fidelity loss ``−log F``.
+
+    Per sample ``i``, with ``F_i = |⟨p_i, t_i⟩|² / (‖p_i‖²·‖t_i‖²)`` the fidelity of
+    :func:`fidelity_loss`, ``ℓ_i = −log F_i`` (the negative log-likelihood of measuring
+    ``t_i`` in state ``p_i``). Its gradient, in terms of ``L_i = 1 − F_i`` and the modified
+    flow ``G_M = ∇L_i/√(1 − L_i)`` of Schnell & Thuerey (2023)::
+
+        ∇ℓ_i = −∇F_i / F_i = ∇L_i / F_i = G_M / √F_i,
+
+    which weights badly predicted samples even more than the modified flow does, and
+    grows without bound as ``F_i → 0``.
+
+    Singularities. ``F → 1``: smooth (``∇ℓ → 0``); for ``F > 1/2`` computed as
+    ``−log1p(−(1 − F))`` with ``1 − F = ‖p̂ − ⟨t̂,p̂⟩ t̂‖²`` (``p̂``'s component orthogonal
+    to ``t̂``; a relative error of about ``ε/√ℓ``, not ``ε/ℓ``). ``F → 0``: ``−log F → +∞``,
+    so the loss is *continued* below ``F_min = ε`` (the dtype's machine epsilon, ``2.2e-16``
+    in double, ``1.2e-7`` in float, about where ``1 − F`` rounds to 1) by its tangent in
+    ``√F``::
+
+        ℓ = −log ε + 2·(1 − √F/√ε)        for F < ε,
+
+    continuous with a continuous gradient at ``F = ε``. The value is therefore at most
+    ``2 − log ε`` (``38.04`` in double, ``17.94`` in float, at ``F = 0``) and the gradient at
+    most ``2/(√ε·‖p‖)`` in norm (``1.3e8/‖p‖`` in double, ``5.8e3/‖p‖`` in float); at
+    ``F = 0`` exactly it is ``∂p = −2t̂/(√ε‖p‖)`` (towards ``t``, the phase-1 convention of
+    the modified gradient). Above ``F_min`` value and gradient are those of ``−log F``.
+    ``ℓ ≥ 0`` always.
+
+    Inputs are read as by :func:`fidelity_loss` (the same layouts, broadcasting, promotion
+    and error messages); the value is right at any finite non-zero scale of ``p`` and
+    ``t``. The gradient is plain autograd.
+
+    Args:
+        pred: prediction ``p``: complex64/complex128 ``(..., n)``; real float32/float64
+            ``(..., n)`` with ``layout="amplitudes"``, or ``(..., 2n)`` ``[Re ψ, Im ψ]``
+            with ``layout="split"``.
+        target: target ``t``, same conventions and ``n``; broadcast against ``pred``
+            over the leading (batch) dimensions.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        layout: how a real input is read: ``"amplitudes"`` (default) or ``"split"``.
+
+    Returns:
+        Real tensor (float32/float64 following the inputs' precision): a scalar, or the
+        per-sample losses of the broadcast batch shape for ``reduction="none"``.
+
+    Raises:
+        TypeError: non-tensors, integer or half-precision tensors.
+        ValueError: as :func:`fidelity_loss`: shapes, NaN/Inf or a zero-norm sample (eager
+            mode), an unknown ``reduction`` or ``layout``.
+
+    References:
+        Schnell & Thuerey, "A Gradient Flow Modification to Improve Learning from
+        Differentiable Quantum Simulators", ICML 2023 workshop (the modified flow).
+
+    Example:
+        >>> t = torch.tensor([1.0, 0.0], dtype=torch.float64)
+        >>> p = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> log_fidelity_loss(p, t, reduction="none")   # log 2, 0, the cap 2 − log ε
+        tensor([ 0.6931,  0.0000, 38.0437], dtype=torch.float64)
+    """
+    return _family("log", pred, target, reduction, layout)
+
+
+def fubini_study_loss(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean",
+                      layout: str = "amplitudes") -> torch.Tensor:
+    r"""Fubini–Study loss: the angle ``θ = arccos √F`` between two pure states.
+
+    Per sample ``i``, with ``F_i = |⟨p_i, t_i⟩|² / (‖p_i‖²·‖t_i‖²)`` the fidelity of
+    :func:`fidelity_loss`, ``θ_i = arccos √F_i ∈ [0, π/2]``: the geodesic distance of the
+    rays of ``p_i`` and ``t_i`` in the Fubini–Study metric (the Bures angle). In terms of
+    ``L_i = 1 − F_i`` and the modified flow ``G_M = ∇L_i/√(1 − L_i)`` of Schnell & Thuerey
+    (2023)::
+
+        ∇θ_i = −∇√F_i / √(1 − F_i) = G_M / (2 sin θ_i),
+
+    and, θ being a distance, ``‖∇_p θ_i‖ = 1/‖p_i‖`` at every ``0 < θ_i ≤ π/2``: the step
+    does not shrink as ``p`` approaches ``t`` (as for an L1 loss).
+
+    Singularities. ``F → 1``: ``d arccos(c)/dc = −1/√(1 − c²)`` is infinite at ``c = 1``
+    and ``arccos`` keeps only half the digits there (an error ``√ε`` at ``θ ≈ 0``), so for
+    ``√F > 1/2`` the angle is computed as ``atan2(sin θ, cos θ)`` with
+    ``sin θ = ‖p̂ − ⟨t̂,p̂⟩ t̂‖``: an error of a few ``ε`` in ``θ`` everywhere, and the
+    gradient is finite. At ``θ = 0`` (a cone, like ``|x|``: no gradient exists) it is ``0``
+    where that orthogonal component is exactly zero, otherwise a vector of norm at most
+    ``1/‖p‖`` in the direction of its round-off (use :func:`bures_loss` for a gradient
+    that vanishes at the target). ``F = 0``: ``√F`` is a cone in the overlap; the gradient
+    returned is the limit along a real positive overlap, ``∂p = −t̂/‖p‖``, ``∂t = −p̂/‖t‖``
+    (towards the other state, the modified gradient's convention). The value and gradient
+    are finite everywhere; ``0 ≤ θ ≤ π/2``.
+
+    Inputs are read as by :func:`fidelity_loss` (the same layouts, broadcasting, promotion
+    and error messages); the value is right at any finite non-zero scale of ``p`` and
+    ``t``. The gradient is plain autograd.
+
+    Args:
+        pred: prediction ``p``: complex64/complex128 ``(..., n)``; real float32/float64
+            ``(..., n)`` with ``layout="amplitudes"``, or ``(..., 2n)`` ``[Re ψ, Im ψ]``
+            with ``layout="split"``.
+        target: target ``t``, same conventions and ``n``; broadcast against ``pred``
+            over the leading (batch) dimensions.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+        layout: how a real input is read: ``"amplitudes"`` (default) or ``"split"``.
+
+    Returns:
+        Real tensor (float32/float64 following the inputs' precision), in radians: a
+        scalar, or the per-sample losses of the broadcast batch shape for
+        ``reduction="none"``.
+
+    Raises:
+        TypeError: non-tensors, integer or half-precision tensors.
+        ValueError: as :func:`fidelity_loss`: shapes, NaN/Inf or a zero-norm sample (eager
+            mode), an unknown ``reduction`` or ``layout``.
+
+    References:
+        Schnell & Thuerey, "A Gradient Flow Modification to Improve Learning from
+        Differentiable Quantum Simulators", ICML 2023 workshop (the modified flow);
+        Bengtsson & Życzkowski, "Geometry of Quantum States" (the Fubini–Study metric).
+
+    Example:
+        >>> t = torch.tensor([1.0 + 0j, 0.0])
+        >>> p = torch.tensor([[1.0 + 0j, 1.0], [0.0, 1j], [2j, 0.0]])
+        >>> fubini_study_loss(p, t, reduction="none") / math.pi   # 1/4, 1/2, 0 (of π)
+        tensor([0.2500, 0.5000, 0.0000])
+    """
+    return _family("fubini_study", pred, target, reduction, layout)
