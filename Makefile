@@ -108,10 +108,11 @@ wheel-check: wheel
 	  assert 'pennylane' not in sys.modules; print('quflow', quflow.__version__, 'from', quflow.__file__)"
 	$(WHEEL_VENV)/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
 
-DOCS_TOOLS := mkdocs==1.6.1 mkdocs-material mkdocstrings[python]
 
 docs: $(STAMP)
-	$(PY) -m pip install -q --progress-bar off $(DOCS_TOOLS)
+	@# the docs extra's pins, without reinstalling quflow itself (a local path always rebuilds)
+	$(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))\
+	  ['project']['optional-dependencies']['docs'], sep='\n')" | xargs $(PY) -m pip install -q --progress-bar off
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:

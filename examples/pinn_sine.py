@@ -7,7 +7,7 @@ gradient goes through du/dx (second-order differentiation of the circuit).
 
     python examples/pinn_sine.py            # ~5 s on one core
 
-prints the loss and max |u − sin x| on 200 test points; the README states the budget.
+prints the loss and max |u − sin x| on 200 test points; docs/pinn.md states the budget.
 """
 
 from __future__ import annotations
@@ -22,6 +22,17 @@ from torch import nn
 import quflow
 
 
+class AngleScale(nn.Module):
+    """``x ↦ scale·tanh(x)``: squashes features into rotation angles in (−scale, scale)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.tanh(x)
+
+
 def build(n_qubits: int = 2, n_layers: int = 3, seed: int = 0) -> nn.Module:
     """``x (N, 1) → (N, 1)``: Linear(1, q) → π·tanh → data re-uploading circuit → Linear(q, 1)."""
     torch.manual_seed(seed)
@@ -30,7 +41,7 @@ def build(n_qubits: int = 2, n_layers: int = 3, seed: int = 0) -> nn.Module:
     )
     return nn.Sequential(
         nn.Linear(1, n_qubits),
-        quflow.transfer._AngleScale(math.pi),
+        AngleScale(math.pi),
         quantum,
         nn.Linear(n_qubits, 1),
     ).double()

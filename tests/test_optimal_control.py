@@ -1,11 +1,8 @@
 """examples/optimal_control.py: each optimiser reaches fidelity ≥ 0.999, the Hessian–vector
-products its Newton-CG uses equal forward-over-reverse and a dense reference; the README's
-derivatives snippet prints what it says."""
+products its Newton-CG uses equal forward-over-reverse and a dense reference (the derivatives
+snippet of docs/simulator.md runs in test_docs.py)."""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ example = load_example("optimal_control")
 
 @pytest.mark.parametrize("method", ["Newton-CG", "L-BFGS", "Adam"])
 def test_dipole_allowed_transition_reaches_the_goal(method):
-    """φ₁ → φ₂, the README's first table (seed 0): every method gets there."""
+    """φ₁ → φ₂, docs/simulator.md's first table (seed 0): every method gets there."""
     r = example.solve(method, 1, 2, seed=0)
     assert r["reached"] and r["fidelity"] >= example.GOAL
     with torch.no_grad():  # the returned control really does it
@@ -28,7 +25,7 @@ def test_dipole_allowed_transition_reaches_the_goal(method):
 @pytest.mark.parametrize("method", ["Newton-CG", "Adam"])
 def test_dipole_forbidden_transition_reaches_the_goal(method):
     """φ₁ → φ₃ from the flat start: Newton-CG and Adam get there; L-BFGS stalls on most
-    seeds (README), which is not asserted: where it stalls depends on round-off."""
+    seeds (docs/simulator.md), which is not asserted: where it stalls depends on round-off."""
     r = example.solve(method, 1, 3, seed=0)
     assert r["reached"] and r["fidelity"] >= example.GOAL
 
@@ -86,13 +83,3 @@ def test_steihaug_cg_solves_a_convex_quadratic_and_stops_at_the_boundary():
     # negative curvature along the first direction: straight to the boundary
     p, _ = example.steihaug_cg(lambda d: -d, g, radius=2.0, tol=1e-12, max_iter=6)
     assert torch.allclose(p, -2.0 * g / g.norm(), atol=1e-12)
-
-
-@pytest.mark.slow
-def test_readme_derivatives_snippet_prints_what_it_says(capsys):
-    """The README's forward-mode / second-order / compile snippet (torch.compile: ~15 s)."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text[text.index("**Forward mode, second order"):]
-    code, output = re.findall(r"```(?:python)?\n(.*?)```", section, re.S)[:2]
-    exec(compile(code, "README.md", "exec"), {})
-    assert capsys.readouterr().out == output

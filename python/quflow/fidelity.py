@@ -351,7 +351,7 @@ def fidelity_loss(pred: torch.Tensor, target: torch.Tensor, *, gradient: str = "
     the :func:`to_real` layout ``[Re ψ_1..Re ψ_n, Im ψ_1..Im ψ_n]`` (the real outputs of a
     network), read through :func:`to_complex`; complex tensors are taken as they are in
     both layouts. A real and a complex input may be mixed: both are promoted to the
-    complex dtype of the higher precision. *Behaviour change* (issue 23): before, every
+    complex dtype of the higher precision. *Behaviour change* (see the changelog): before, every
     real tensor was read in the split layout, so two orthogonal real eigenstates gave a
     wrong loss (0.180 for ``φ₁, φ₂`` at ``n = 20``) without an error; ``layout="split"``
     is exactly that former behaviour.
@@ -532,7 +532,7 @@ class FidelityLoss(nn.Module):
         return f"gradient={self.gradient!r}, reduction={self.reduction!r}, layout={self.layout!r}"
 
 
-# ---------------------------------------------------------------- the loss family (issue 24)
+# ---------------------------------------------------------------- the loss family
 
 def _overlap(p: torch.Tensor, t: torch.Tensor):
     """Per sample ``c = |⟨t̂, p̂⟩| = √F`` and ``r = p̂ − ⟨t̂, p̂⟩·t̂`` (``p̂``'s component

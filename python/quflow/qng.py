@@ -229,7 +229,7 @@ class QNG(torch.optim.Optimizer):
             layer._clear_stepped()
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """One update. ``closure`` (optional) re-evaluates the model and calls backward.
 
         Returns:

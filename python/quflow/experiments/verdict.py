@@ -1,9 +1,8 @@
 """The claim-by-claim verdict table, rendered from a ``results.json``.
 
-``quflow verdict results/results.json`` prints it; the README's tables are this
-function's output for the committed ``docs/results-quick.json`` and
-``docs/results-full.json`` (a test keeps them equal), so the README cannot drift from the
-code.
+``quflow verdict results/results.json`` prints it; the tables in ``docs/reproduction.md``
+are this function's output for the committed results in ``docs/reproduction/`` (a test
+keeps them equal), so the documentation cannot drift from the code.
 
 Every comparison ``a < b`` between two gradient methods is judged on the ratio of their
 losses paired by seed (geometric mean and 95 % t-interval, see ``_stats``): *holds* if the
