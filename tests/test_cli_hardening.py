@@ -83,7 +83,6 @@ def test_threads_2_jobs_2_finishes_with_the_data_of_one_thread(tmp_path):
     first parallel op waited in libgomp's barrier for threads that did not survive the
     fork). The data, and so their fingerprint, are those of one thread."""
     out = tmp_path / "out"
-    # PASSIVE: no restart of the command (see test_the_command_restarts_with_passive_...)
     r = _run([sys.executable, "-m", "quflow", "reproduce", "prediction", "--threads", "2",
               "--jobs", "2", "--optimizer", "adam", "--seeds", "1", "--epochs", "1",
               "--no-progress", "--out", str(out)], env=_env(OMP_WAIT_POLICY="PASSIVE"))
@@ -307,7 +306,7 @@ def test_a_threads_default_out_of_range_is_refused(monkeypatch, capsys, tmp_path
 
 
 def test_help_states_every_maximum():
-    reproduce = cli._parser()._subparsers._group_actions[0].choices["reproduce"]
+    reproduce = cli._parsers()[1]["reproduce"]
     helps = {a.option_strings[0]: a.help for a in reproduce._actions if a.option_strings}
     for option, maximum in (("--seeds", "at most 1000"), ("--epochs", "at most 100000"),
                             ("--modes", "N at most 20"), ("--states", "(1 to 20)"),
@@ -402,39 +401,43 @@ def test_a_full_disk_ends_in_one_line_naming_the_file(tmp_path, capsys, monkeypa
 # ---------------------------------------------------------------- OpenMP wait policy
 
 def test_passive_wait_policy_is_set_unless_the_user_chose_one(monkeypatch):
-    args = cli._parser().parse_args(["reproduce", "control", "--threads", "2"])
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    cli._passive_openmp(args, from_command_line=False)  # called from code: no restart
+    cli._passive_openmp()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    cli._passive_openmp(args, from_command_line=True)  # the user's choice: no restart
+    cli._passive_openmp()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
+# the command as the console script runs it, with the reproduction replaced by a report
+# of what its own threads got (torch, loaded by the command after parsing, loads libgomp)
 _PRINT_POLICY = textwrap.dedent("""
     import os, sys
     from quflow import cli
+    before = "torch" in sys.modules
     def report(args, parser):
-        print("policy", os.environ.get("OMP_WAIT_POLICY"), flush=True)
+        import torch
+        torch.set_num_threads(args.threads)
+        torch.ones(1000, 1000).sum()  # a parallel op: the team exists
+        print("policy", os.environ.get("OMP_WAIT_POLICY"), "torch before main:", before,
+              flush=True)
         return 0
     cli._reproduce_main = report
     sys.exit(cli.main())
 """)
 
 
-def test_the_command_restarts_with_passive_openmp_threads(tmp_path):
-    """libgomp reads the policy when torch loads, before the command runs: with --threads
-    2 the command restarts itself once, with the variable set, so its own threads sleep
-    (libgomp's spin count 0) rather than spin (300 000). OMP_DISPLAY_ENV makes libgomp
-    print its settings each time it loads."""
-    args = [sys.executable, "-c", _PRINT_POLICY, "reproduce", "control", "--threads", "2",
-            "--out", str(tmp_path)]
-    r = _run(args, env=_env(OMP_DISPLAY_ENV="VERBOSE"))
+@pytest.mark.parametrize("user,spins", [(None, "'0'"), ("ACTIVE", "'30000000000'")])
+def test_the_commands_own_openmp_threads_sleep(tmp_path, user, spins):
+    """libgomp reads the policy once, when torch loads it. ``import quflow`` does not
+    import torch, and the command sets the variable before it does, so the command's own
+    threads sleep (libgomp's spin count 0) rather than spin (300 000), without a restart:
+    libgomp loads once. A policy the user set stands. OMP_DISPLAY_ENV makes libgomp
+    print its settings when it loads."""
+    env = _env(OMP_DISPLAY_ENV="VERBOSE", **({"OMP_WAIT_POLICY": user} if user else {}))
+    r = _run([sys.executable, "-c", _PRINT_POLICY, "reproduce", "control", "--threads", "2",
+              "--out", str(tmp_path)], env=env)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == "policy PASSIVE\n"
-    spins = [line.split("=")[1].strip() for line in r.stderr.splitlines()
-             if "GOMP_SPINCOUNT" in line]
-    assert spins == ["'300000'", "'0'"]  # loaded twice: before and after the restart
-    r = _run([*args[:-4], "--threads", "1", "--out", str(tmp_path)],
-             env=_env(OMP_DISPLAY_ENV="VERBOSE"))
-    assert r.stdout == "policy PASSIVE\n" and r.stderr.count("GOMP_SPINCOUNT") == 1
+    assert r.stdout == f"policy {user or 'PASSIVE'} torch before main: False\n"
+    assert [line.split("=")[1].strip() for line in r.stderr.splitlines()
+            if "GOMP_SPINCOUNT" in line] == [spins]

@@ -17,10 +17,10 @@ recorded neither, unless ``--allow-version-change``.
 
 Threads: ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (unless set), so that OpenMP
 threads waiting between parallel ops sleep rather than spin: spinning threads made two
-threads 0.12× as fast as one on a busy machine. The variable is read when torch loads,
-which ``import quflow`` does before this module runs; so with ``--threads`` above 1 the
-``quflow`` command restarts itself once (``exec``, same process id, one more torch
-import) with the variable set. Worker processes (``--jobs``) inherit it.
+threads 0.12× as fast as one on a busy machine. libgomp reads the variable when torch
+loads it; ``import quflow`` does not import torch, so the command sets the variable
+first and imports torch only once the command line is parsed. Worker processes
+(``--jobs``) inherit it. ``--help``, ``--version`` and ``verdict`` never import torch.
 
 Exit codes: 0 done; 1 an unexpected error; 2 a bad command line (nothing was run or
 written); 3 ``--resume`` refused: the folder holds another configuration, or was written
@@ -28,9 +28,12 @@ by another quflow version, on other data, or by an older quflow (the differences
 named); 4 ``--resume`` refused: a damaged or edited checkpoint (named); 5 ``--out`` is
 in use by another ``quflow reproduce`` (nothing was written); 6 a run diverged: its loss
 or network parameters stopped being finite (the run and epoch are named); 7 a file
-could not be written, e.g. a full disk (the file is named); 130 interrupted (Ctrl-C):
-completed epochs are saved, ``--resume`` continues. With 3 to 7 and 130 the files
-already written stay whole, and the cause is one line on stderr.
+could not be written, e.g. a full disk (the file is named); 130 interrupted (Ctrl-C, at
+any moment, torch's import included): completed epochs are saved, ``--resume``
+continues. With 3 to 7 and 130 the files already written stay whole, and the cause is
+one line on stderr. After Ctrl-C a shell's ``$?`` is 130 either as the exit status or
+as an end by SIGINT, which CPython chooses when the interrupt hit code run through
+``exec`` (as in torch's import).
 """
 
 from __future__ import annotations
@@ -131,11 +134,31 @@ _EXIT_CODES = ("exit codes: 0 done, 1 error, 2 bad command line, 3 --resume refu
                "PASSIVE (OpenMP threads sleep, not spin, between ops).")
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an argument it does not know is an error in the
+    subcommand's own usage (``quflow reproduce --bogus`` shows the ``reproduce`` usage),
+    where argparse would hand it to the top-level parser."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def _parser() -> argparse.ArgumentParser:
+    return _parsers()[0]
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser, and each subcommand's parser by name (its usage errors)."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="quflow", description="quflow: learning through differentiable quantum simulation",
         epilog=_EXIT_CODES)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"quflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
     rep = sub.add_parser(
         "reproduce", help="rerun the experiments of Schnell & Thuerey (ICML 2023 workshop)",
         description="Rerun the paper's experiments; writes CSV, PNG and DIR/results.json.",
@@ -197,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="path to results.json (default: results/results.json)")
     ver.add_argument("--split", choices=("val", "train"), default="val",
                      help="judge on the validation (default) or the training loss")
-    return parser
+    return parser, {"reproduce": rep, "verdict": ver}
 
 
 # options -> the experiments that use them (for "options an experiment does not use")
@@ -438,6 +461,10 @@ def _run_locked(args, setups: list, out: Path, jobs: int, rank: int) -> int:
         results = reproduce(setups, out, quick=args.quick, resume=args.resume,
                             progress=args.progress, jobs=jobs,
                             allow_version_change=args.allow_version_change)
+    except KeyboardInterrupt:
+        print("\nquflow: interrupted. Completed epochs are saved; rerun the same command "
+              "with --resume to continue.", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except _training.VersionMismatch as exc:
         print(f"quflow: --resume refused: {exc}. Use another --out, or add "
               f"--allow-version-change to continue it anyway.", file=sys.stderr)
@@ -465,27 +492,31 @@ def _run_locked(args, setups: list, out: Path, jobs: int, rank: int) -> int:
     return EXIT_OK
 
 
-def _passive_openmp(args, from_command_line: bool) -> None:
-    """Sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment has a policy; for
-    ``reproduce --threads N`` (N > 1) run from the command line, restarts the process
-    with it (see the module docstring): libgomp read the variable when ``import quflow``
-    loaded torch, and only a process started with it has sleeping threads. Worker
-    processes and any other child inherit it."""
-    if "OMP_WAIT_POLICY" in os.environ:
-        return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    if (from_command_line and args.command == "reproduce" and args.threads > 1
-            and os.name == "posix" and getattr(sys, "orig_argv", None)):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+def _passive_openmp() -> None:
+    """Sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment has a policy. The command
+    calls it before anything imports torch, so that this process's libgomp reads it (see
+    the module docstring); worker processes and any other child inherit it."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``quflow`` command; ``argv`` defaults to the command line (``sys.argv``)."""
-    parser = _parser()
+    """The ``quflow`` command; ``argv`` defaults to the command line (``sys.argv``).
+
+    Ctrl-C at any moment ends it with one line on stderr and exit 130
+    (``EXIT_INTERRUPTED``).
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before training, e.g. during torch's import
+        print("quflow: interrupted.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
+    _passive_openmp()  # before torch loads: parsing --optimizer imports it
+    parser, commands = _parsers()
     args = parser.parse_args(argv)
-    _passive_openmp(args, from_command_line=argv is None)
+    usage = commands[args.command]  # usage errors show the subcommand's usage
     if args.command == "verdict":
         from .experiments import verdict
 
@@ -493,14 +524,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            parser.error(f"results: cannot read {path} ({exc})")
+            usage.error(f"results: cannot read {path} ({exc})")
         if not isinstance(results, dict):
-            parser.error(f"results: {path} is not a results.json of quflow reproduce")
+            usage.error(f"results: {path} is not a results.json of quflow reproduce")
         try:
             table = verdict.render(results, split=args.split)
         except (KeyError, TypeError, IndexError):
-            parser.error(f"results: {path} lacks what this version of quflow writes; rerun "
-                         f"quflow reproduce")
+            usage.error(f"results: {path} lacks what this version of quflow writes; rerun "
+                        f"quflow reproduce")
         print(table, end="")
         return EXIT_OK
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -509,11 +540,7 @@ def main(argv: list[str] | None = None) -> int:
 
         dist.init_process_group("gloo")
     try:
-        return _reproduce_main(args, parser)
-    except KeyboardInterrupt:
-        print("\nquflow: interrupted. Completed epochs are saved; rerun the same command "
-              "with --resume to continue.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _reproduce_main(args, usage)
     finally:
         if distributed:
             dist.destroy_process_group()

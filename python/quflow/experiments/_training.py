@@ -537,9 +537,7 @@ class Workers:
         self._context = worker_context()
         if self._context.get_start_method() == "forkserver":
             # start the server now: its imports (~2-9 s) overlap the parent's data making
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()
+            _start_forkserver()
         self._stop = self._context.Event()
         self._pool = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=self._context, initializer=_worker_init,
@@ -571,10 +569,29 @@ class Workers:
 
 # imported once by the forkserver, so that each worker it forks starts with them: torch
 # (~2-5 s) and torch._dynamo, which torch.optim imports on a process's first optimiser
-# (~1.6 s). Neither runs an op nor starts a thread team on import. quflow itself (0.2 s)
+# (~1.6 s). Neither runs an op nor starts a thread team on import. quflow's core (0.2 s)
 # is left to each worker, so that the worker, not the server, is the process that loads
-# quflow's core.
-_PRELOAD = ["torch", "torch._dynamo"]
+# it; the first module only sets the server's SIGINT handler (see _start_forkserver).
+_PRELOAD = ["quflow.experiments._forkserver", "torch", "torch._dynamo"]
+
+
+def _start_forkserver() -> None:
+    """Starts the forkserver with SIGINT blocked (as CPython starts its resource tracker):
+    the server unblocks it in its first import (:mod:`quflow.experiments._forkserver`),
+    where Ctrl-C already ends it silently, so a Ctrl-C at any moment of its start prints
+    nothing of the server's; one in this process meanwhile arrives when it is unblocked."""
+    from multiprocessing import forkserver, resource_tracker
+
+    if not hasattr(signal, "pthread_sigmask"):
+        forkserver.ensure_running()
+        return
+    # the server starts the resource tracker first, which would unblock SIGINT here
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -604,6 +621,8 @@ def _worker_init(stop) -> None:
     global _STOP
     _STOP = stop
     signal.signal(signal.SIGINT, _worker_sigint)
+    if hasattr(signal, "pthread_sigmask"):  # blocked if the server's first import failed
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _train_in_worker(setup: Setup, cfg: RunConfig, out: Path, resume: bool, train_set, val_set,
