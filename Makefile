@@ -67,7 +67,7 @@ sanitize: $(STAMP)
 	PYTHONPATH=$(SAN_DIR)/site QUFLOW_SANITIZE=1 \
 	  LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  sh -c '$(PY) -c "import quflow._core as c; assert \"$(SAN_DIR)\" in c.__file__, c.__file__" && \
+	  sh -c '$(PY) -c "from quflow import _core as c; assert \"$(SAN_DIR)\" in c.__file__, c.__file__" && \
 	         $(PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS)'
 
 bench: $(STAMP)
