@@ -7,6 +7,7 @@
 #   make sanitize    the C++ op's tests against an ASan+UBSan build of the extension
 #   make wheel       a manylinux wheel in dist/ (auditwheel), installable without a compiler
 #   make wheel-check that wheel in a fresh venv with torch and numpy only, the op's tests
+#   make quantum-floor  then PennyLane at the quantum extra's lower bounds, the hybrid tests
 #   make docs        the documentation site (MkDocs, strict) -> site/
 
 SHELL  := /bin/bash
@@ -36,7 +37,7 @@ SAN_TESTS := tests/test_core_contract.py tests/test_schrodinger.py tests/test_sc
              tests/test_schrodinger_limits.py tests/test_properties.py tests/test_fidelity.py \
              tests/test_grid.py tests/test_op_transforms.py
 
-.PHONY: reproduce test sanitize bench bench-cpp wheel wheel-check docs clean
+.PHONY: reproduce test sanitize bench bench-cpp wheel wheel-check quantum-floor docs clean
 
 $(PY):
 	@echo "== creating $(VENV) ($(PYTHON) -m venv $(VENV_ARGS))"
@@ -102,11 +103,30 @@ wheel-check: wheel
 	$(PYTHON) -m venv $(VENV_ARGS) $(WHEEL_VENV)
 	$(WHEEL_VENV)/bin/python -c "import torch" 2>/dev/null || \
 	  $(WHEEL_VENV)/bin/python -m pip install -q --progress-bar off $(TORCH_PIP_ARGS) "$(TORCH)"
-	$(WHEEL_VENV)/bin/python -m pip install -q --progress-bar off dist/quflow-*.whl pytest
+	$(WHEEL_VENV)/bin/python -m pip install -q --progress-bar off pytest
+	@start=$$(date +%s.%N); \
+	$(WHEEL_VENV)/bin/python -m pip install -q --progress-bar off dist/quflow-*.whl && \
 	cd build && ./wheel-venv/bin/python -c "import quflow, sys; \
+	  psi = quflow.crank_nicolson(quflow.random_states(quflow.Grid(20, 2.0), 4, seed=0), dt=0.2, \
+	                              dx=quflow.Grid(20, 2.0).dx, steps=10); \
 	  assert 'site-packages' in quflow.__file__, quflow.__file__; \
-	  assert 'pennylane' not in sys.modules; print('quflow', quflow.__version__, 'from', quflow.__file__)"
+	  assert 'pennylane' not in sys.modules; print('quflow', quflow.__version__, 'from', quflow.__file__)" && \
+	echo "== pip install of the wheel to a first crank_nicolson call: $$($(PYTHON) -c \
+	  "import time; print(round(time.time() - $$start, 1))") s"
+	$(WHEEL_VENV)/bin/python -m pip list --format=freeze | wc -l | xargs echo "== packages in the core venv:"
+	du -sh $(WHEEL_VENV) | cut -f1 | xargs echo "== size of the core venv:"
 	$(WHEEL_VENV)/bin/python -m pytest -q -p no:cacheprovider $(CORE_TESTS)
+
+# The quantum extra at its lower bounds (pyproject's '>=' taken as '=='), into the venv of
+# wheel-check (run that first): the hybrid layers' tests on the oldest PennyLane allowed.
+QUANTUM_TESTS := tests/test_quantum.py tests/test_quantum_regressions.py tests/test_metric.py \
+                 tests/test_qng.py tests/test_pinn.py tests/test_transfer.py
+quantum-floor:
+	$(WHEEL_VENV)/bin/python -c "import tomllib; print(*(r.split(',')[0].replace('>=', '==') \
+	  for r in tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']\
+	  ['quantum']), sep='\n')" | xargs $(WHEEL_VENV)/bin/python -m pip install -q --progress-bar off
+	$(WHEEL_VENV)/bin/python -m pip list 2>/dev/null | grep -i pennylane
+	$(WHEEL_VENV)/bin/python -m pytest -q -p no:cacheprovider $(QUANTUM_TESTS)
 
 
 docs: $(STAMP)
