@@ -413,8 +413,9 @@ class CrankNicolson(torch.autograd.Function):
             # linear in ψ0: the tangent is the propagation of δψ0 itself (one forward)
             return _last_forward(tpsi0, potential, control, control_shape, cfg.dt, cfg.dx,
                                  cfg.steps, cfg.trajectory, cfg.threads), None
-        _, tout = _last_jvp(psi0, potential, control, control_shape, tpsi0, tpotential, tcontrol,
-                       tcontrol_shape, cfg.dt, cfg.dx, cfg.steps, cfg.trajectory, cfg.threads)
+        _, tout = _last_jvp(psi0, potential, control, control_shape, tpsi0, tpotential,
+                            tcontrol, tcontrol_shape, cfg.dt, cfg.dx, cfg.steps,
+                            cfg.trajectory, cfg.threads)
         return tout, None
 
 
