@@ -20,6 +20,7 @@ from quflow import cli
 from quflow.experiments import _io, _stats, _training, control, prediction, toy, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
+_EXPERIMENTS = {"prediction": prediction.EXPERIMENT, "control": control.EXPERIMENT}
 
 
 def _reproduce(*args):
@@ -30,7 +31,8 @@ def _reproduce(*args):
 def tiny_run(tmp_path_factory):
     """One small run of every experiment and optimiser (2 seeds, 2 epochs)."""
     out = tmp_path_factory.mktemp("tiny")
-    assert _reproduce("all", "--seeds", "2", "--epochs", "2", "--out", str(out)) == 0
+    assert _reproduce("all", "--seeds", "2", "--epochs", "2", "--study", "paper", "--out",
+                      str(out)) == 0
     return out
 
 
@@ -129,7 +131,14 @@ def test_results_schema(tiny_run):
         assert set(results[key]) == {"standard", "modified", "l2"}
         for m, r in results[key].items():
             # the first round's keys
-            assert r["seeds"] == [0, 1] and r["epochs"] == 2 and 0 <= r["final_loss"] <= 1
+            # held-out seeds: 0-2 select the learning rates
+            assert r["seeds"] == [3, 4] and r["epochs"] == 2 and 0 <= r["final_loss"] <= 1
+            assert r["experiment"] == key.split("-")[0] and r["study"] == "paper"
+            assert r["lr_source"] == "paper" and r["lr"] == _EXPERIMENTS[r["experiment"]].lr[
+                r["optimizer"]]
+            for split in ("train", "val"):
+                for reach in r["reach"][split].values():
+                    assert len(reach) == 2 and all(e is None or 1 <= e <= 2 for e in reach)
             assert r["final_loss_std"] >= 0 and len(r["final_loss_per_seed"]) == 2
             assert r["optimizer"] == ("adam" if key in ("prediction", "control") else "sgd")
             for split in ("train", "val"):
@@ -203,16 +212,6 @@ def test_a_fresh_run_renders_the_reproduction_pages_rows(tiny_run, capsys):
     assert {(c, s) for c, s, _ in page} == {(c, s) for c, s, _ in skeleton(fresh)}
 
 
-def test_verdict_rules():
-    assert verdict._judge({"mean": 0.5, "ci95": [0.3, 0.9]}) == "holds"
-    assert verdict._judge({"mean": 2.0, "ci95": [1.1, 3.0]}) == "contradicted"
-    assert verdict._judge({"mean": 0.9, "ci95": [0.5, 1.2]}) == "not separable"
-    assert verdict._judge({"mean": 0.1, "ci95": None}) == "not separable"
-    assert verdict._verdict(["holds", "holds"]) == "**yes**"
-    assert verdict._verdict(["holds", "not separable"]) == "partly"
-    assert verdict._verdict(["contradicted", "not separable"]) == "no"
-
-
 # ---------------------------------------------------------------- command line
 
 @pytest.mark.parametrize("args,msg", [
@@ -263,13 +262,17 @@ def test_unwritable_output_directory_is_a_usage_error(tmp_path, capsys):
 
 def test_header_and_summary_say_what_ran(tmp_path, capsys):
     assert cli.main(["reproduce", "control", "--optimizer", "sgd", "--epochs", "1", "--seeds",
-                     "1", "--states", "1,2", "--complex-states", "--target", "4", "--out",
-                     str(tmp_path)]) == 0
+                     "1", "--states", "1,2", "--complex-states", "--target", "4", "--study",
+                     "paper", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "quflow reproduce control (quick, --epochs 1, --seeds 1): control-sgd; 1 thread(s)" in out
-    assert "control-sgd: sgd lr 1, 1 epochs × 1 seeds × 3 gradients, complex mixes of φ1,φ2 → φ4" in out
-    assert "[3/3] control-sgd l2 seed 0" in out and "ETA" in out
-    assert "| control-sgd | modified |" in out
+    assert ("control-sgd: sgd lr 1, 1 epochs × 1 seeds (seed 3) × 3 methods, complex mixes of "
+            "φ1,φ2 → φ4") in out
+    assert "[3/3] control-sgd l2 seed 3" in out and "ETA" in out
+    # the command ends with the verdict, and writes it beside results.json
+    assert out.rstrip().endswith((tmp_path / "verdict.md").read_text().split("\n\n### ")[1]
+                                 .split("\n", 1)[1].rstrip()) or "| control-sgd (paper" in out
+    assert "| control-sgd (paper" in out and "verdict.md" in out
     assert "\r" not in out  # not a terminal: no progress-bar carriage returns
     saved = json.loads((tmp_path / "results.json").read_text())["control-sgd"]["modified"]
     assert saved["states"] == [1, 2] and saved["target"] == 4 and not saved["real_states"]
@@ -279,7 +282,7 @@ def test_threads_option_sets_torch_threads(tmp_path):
     before = torch.get_num_threads()
     try:
         _reproduce("control", "--optimizer", "sgd", "--epochs", "1", "--seeds", "1", "--threads",
-                   "2", "--out", str(tmp_path))
+                   "2", "--study", "paper", "--out", str(tmp_path))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -289,8 +292,8 @@ def test_ctrl_c_names_resume_and_exits_130(tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(_training, "train", interrupted)  # this process: --jobs 1
-    assert _reproduce("control", "--optimizer", "sgd", "--seeds", "1", "--jobs", "1", "--out",
-                      str(tmp_path)) == 130
+    assert _reproduce("control", "--optimizer", "sgd", "--seeds", "1", "--jobs", "1", "--study",
+                      "paper", "--out", str(tmp_path)) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
 
@@ -299,7 +302,7 @@ def test_ctrl_c_names_resume_and_exits_130(tmp_path, monkeypatch, capsys):
 
 def _small(out, *extra):
     return _reproduce("control", "--optimizer", "sgd", "--seeds", "2", "--epochs", "2",
-                      "--out", str(out), *extra)
+                      "--study", "paper", "--out", str(out), *extra)
 
 
 @pytest.mark.parametrize("checkpoint_seconds", [0.0, 3600.0])
@@ -349,8 +352,11 @@ def _reference_train(cfg, make_model, batch_loss, train_set, val_set):
     evaluation per set; no checkpoints."""
     torch.manual_seed(cfg.seed)
     model = make_model()
-    opt = (torch.optim.Adam(model.parameters(), lr=cfg.lr, foreach=False) if cfg.optimizer == "adam"
+    betas = (0.9, 0.99) if cfg.optimizer == "adam-b2" else (0.9, 0.999)
+    opt = (torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=betas, foreach=False)
+           if cfg.optimizer.startswith("adam")
            else torch.optim.SGD(model.parameters(), lr=cfg.lr, foreach=False))
+    step = 0
     shuffle = torch.Generator().manual_seed(cfg.seed + 1)
     (x_all, y_all), curves = train_set, {"train": [], "val": []}
 
@@ -366,14 +372,24 @@ def _reference_train(cfg, make_model, batch_loss, train_set, val_set):
             idx = order[first:first + cfg.batch_size]
             opt.zero_grad()
             batch_loss(model, x_all[idx], y_all[idx], cfg.method).backward()
+            if cfg.optimizer == "sgd-clip":  # the probes, written out
+                grads = [p.grad for p in model.parameters()]
+                norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+                for g in grads:
+                    g.mul_(min(1.0, 0.1 / (norm.item() + 1e-6)))
+            if cfg.optimizer == "adam-warmup":
+                opt.param_groups[0]["lr"] = cfg.lr * min(1.0, (step + 1) / 200)
             opt.step()
+            step += 1
         record()
     return curves, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 @pytest.mark.parametrize("experiment,optimizer,method", [
     ("prediction", "adam", "modified"), ("prediction", "sgd", "standard"),
-    ("control", "adam", "l2"), ("control", "sgd", "modified")])
+    ("control", "adam", "l2"), ("control", "sgd", "modified"),
+    ("control", "sgd-clip", "modified"), ("prediction", "adam-warmup", "standard"),
+    ("control", "adam-b2", "modified"), ("control", "sgd", "fubini_study")])
 def test_training_equals_the_reference_harness(experiment, optimizer, method):
     """Issue 14's speedups change no result beyond round-off: SGD (the default step) trains
     the network bitwise like the reference; Adam's fused step orders its arithmetic
@@ -386,7 +402,8 @@ def test_training_equals_the_reference_harness(experiment, optimizer, method):
     e = {"prediction": prediction, "control": control}[experiment].EXPERIMENT
     (x, y), (xv, yv) = e.make_data(states=e.states, real=e.real_states, target=e.target)
     data = ((x[:300], y[:300]), (xv[:50], yv[:50]))
-    cfg = _training.RunConfig(experiment, method, 1, 3, e.lr[optimizer], e.batch_size // 2 or 1,
+    lr = e.lr[_training.PROBES.get(optimizer, optimizer)]
+    cfg = _training.RunConfig(experiment, method, 1, 3, lr, e.batch_size // 2 or 1,
                               optimizer=optimizer)
     make = lambda: _training.mlp(e.inputs, e.outputs, 16)  # noqa: E731
     want, want_params = _reference_train(cfg, make, e.batch_loss, *data)
@@ -396,11 +413,100 @@ def test_training_equals_the_reference_harness(experiment, optimizer, method):
     params = torch.cat([p.detach().reshape(-1) for p in models[0].parameters()])
     if optimizer == "sgd":
         assert torch.equal(params, want_params)
+    elif optimizer == "sgd-clip":  # clip_grad_norm_ computes the norm in another order
+        err = ((params - want_params).abs().max() / want_params.abs().max()).item()
+        assert err < 1e-12
     else:
         err = ((params - want_params).abs().max() / want_params.abs().max()).item()
         assert err < 1e-12
     for k in ("train", "val"):
         assert got[k] == pytest.approx(want[k], rel=1e-12, abs=0)
+
+
+def test_sgd_on_bures_is_the_modified_flow_at_half_the_rate():
+    """∇(1 − √F) = ½ · the modified flow of 1 − F (docs/fidelity.md): plain SGD on the
+    Bures loss at rate 2η takes the modified flow's steps at η; after 3 epochs of control
+    (60 steps through the simulator) the parameters agree to 1e-9 relative (the two
+    gradients differ at round-off, which these chaotic runs amplify)."""
+    e = control.EXPERIMENT
+    (x, y), (xv, yv) = e.make_data()
+    data = ((x[:60], y[:60]), (xv[:20], yv[:20]))
+    params = {}
+    for method, lr in (("modified", 0.5), ("bures", 1.0)):
+        models = []
+        cfg = _training.RunConfig("control", method, 0, 3, lr, 10, optimizer="sgd")
+        _training.train(cfg, lambda: models.append(_training.mlp(40, 50, 16)) or models[-1],
+                        e.batch_loss, *data, ckpt=None, resume=False)
+        params[method] = torch.cat([p.detach().reshape(-1) for p in models[0].parameters()])
+    a, b = params["modified"], params["bures"]
+    assert ((a - b).abs().max() / a.abs().max()).item() < 1e-9
+    first = _training.mlp(40, 50, 16)  # and the runs did move
+    assert not torch.allclose(a, torch.cat([p.detach().reshape(-1) for p in first.parameters()]))
+
+
+def test_selection_and_held_out_seeds_are_disjoint():
+    """The learning-rate search sees seeds 0-2 only; every compared run a later seed."""
+    for experiment in _EXPERIMENTS.values():
+        for quick in (True, False):
+            setups = _training.plan(experiment, quick=quick, optimizers=("adam", "sgd"),
+                                    studies=_training.STUDIES)
+            search = {s for st in setups if st.study == "search" for s in st.seeds}
+            compared = {s for st in setups if st.study != "search" for s in st.seeds}
+            assert search == set(_training.SELECTION_SEEDS) and compared
+            assert not search & compared
+            assert {st.study for st in setups} == {"search", "paper", "tuned", "probe",
+                                                   "variant"}
+
+
+def test_search_grid_extends_beyond_an_edge_holding_the_best():
+    from quflow.experiments import _search
+
+    grid = {k: [1.0 - 0.1 * k] * 3 for k in _search.GRID_STEPS}  # best at the top edge
+    assert _search._extensions(grid) == [3]
+    grid[3] = [2.0, 2.0, 2.0]  # worse beyond it: the best is now interior
+    assert _search._extensions(grid) == []
+    low = {k: [0.5 + 0.1 * k] * 3 for k in _search.GRID_STEPS}
+    low[2] = [None, 0.1, 0.1]  # a diverged seed disqualifies a rate
+    assert _search.score(low[2]) is None and _search._extensions(low) == [-3]
+    far = {k: [0.5 + 0.1 * k] * 3 for k in range(-2 - _search.MAX_EXTEND, 3)}
+    assert _search._extensions(far) == []  # at most MAX_EXTEND half-decades per edge
+    assert _search.rate(0.005, -1) == 0.00158 and _search.rate(1.0, 1) == 3.16
+
+
+def test_search_then_tuned_runs_each_method_at_its_chosen_rate(tmp_path, monkeypatch, capsys):
+    """--study search,tuned: the search (selection seeds, the grid) writes lr_search.json
+    and lr-sweep.png; the tuned setup then trains each method at its own chosen rate on
+    held-out seeds, and the command ends with the verdict, also in verdict.md. A later
+    run with only --study tuned takes the rates of the committed search."""
+    out = tmp_path / "a"
+    assert _reproduce("control", "--optimizer", "sgd", "--epochs", "2", "--seeds", "2",
+                      "--study", "search,tuned", "--out", str(out)) == 0
+    found = json.loads((out / "lr_search.json").read_text())["control-sgd-search"]
+    assert found["seeds"] == [0, 1, 2] and found["epochs"] == 2
+    tuned = json.loads((out / "results.json").read_text())["control-sgd-tuned"]
+    assert set(tuned) == set(found["methods"]) == {"standard", "modified", "l2"}
+    for m, r in tuned.items():
+        s = found["methods"][m]
+        scores = {lr: v for lr, v in zip(s["lrs"], s["scores"]) if v is not None}
+        assert s["chosen"] == min(scores, key=scores.get) == r["lr"]
+        assert len(s["lrs"]) >= len(s["per_seed"]) == len(s["scores"]) >= 5
+        assert r["seeds"] == [3, 4] and r["lr_source"] == "search" and r["study"] == "tuned"
+    for name in ("lr-sweep.png", "verdict.md", "control-sgd-tuned.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| control-sgd-tuned (tuned" in (out / "verdict.md").read_text()
+
+    from quflow.experiments import _search
+
+    monkeypatch.setattr(_search, "COMMITTED", out / "lr_search.json")
+    again = tmp_path / "b"
+    capsys.readouterr()
+    assert cli.main(["reproduce", "control", "--optimizer", "sgd", "--epochs", "1", "--seeds",
+                     "1", "--study", "tuned", "--out", str(again)]) == 0
+    said = capsys.readouterr().out
+    assert "tuned learning rates from the search committed with quflow" in said
+    later = json.loads((again / "results.json").read_text())["control-sgd-tuned"]
+    assert {m: r["lr"] for m, r in later.items()} == {m: r["lr"] for m, r in tuned.items()}
+    assert all(r["lr_source"] == "committed" for r in later.values())
 
 
 def test_parallel_runs_equal_sequential_runs(tmp_path):
@@ -409,7 +515,7 @@ def test_parallel_runs_equal_sequential_runs(tmp_path):
     out = {}
     for jobs in ("1", "2"):
         out[jobs] = tmp_path / jobs
-        assert _reproduce("prediction", "--seeds", "2", "--epochs", "2",
+        assert _reproduce("prediction", "--seeds", "2", "--epochs", "2", "--study", "paper",
                           "--jobs", jobs, "--out", str(out[jobs])) == 0
     for key in ("prediction", "prediction-sgd"):
         assert (out["1"] / f"{key}.csv").read_text() == (out["2"] / f"{key}.csv").read_text()
@@ -425,7 +531,7 @@ def test_resume_of_a_complete_folder_reproduces_its_results(tmp_path):
 
 
 @pytest.mark.parametrize("change,named", [
-    (["--seeds", "3"], "seeds: 2 in the folder, 3 now"),
+    (["--seeds", "3"], "seeds: [3, 4] in the folder, [3, 4, 5] now"),
     (["--epochs", "3"], "epochs: 2 in the folder, 3 now"),
     (["--states", "2,4"], "states: [2, 3] in the folder, [2, 4] now"),
 ])
@@ -469,7 +575,7 @@ def _edit_epoch(path: Path):
 ])
 def test_damaged_checkpoints_are_refused_with_exit_4(tmp_path, capsys, damage, reason):
     _small(tmp_path)
-    target = tmp_path / "checkpoints" / "control-sgd-modified-seed1.pt"
+    target = tmp_path / "checkpoints" / "control-sgd-modified-seed4.pt"
     damage(target)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     capsys.readouterr()
@@ -489,7 +595,7 @@ class _Payload:
 
 def test_a_checkpoint_cannot_run_code(tmp_path, capsys):
     _small(tmp_path)
-    target = tmp_path / "checkpoints" / "control-sgd-l2-seed0.pt"
+    target = tmp_path / "checkpoints" / "control-sgd-l2-seed3.pt"
     state = _io.load_checkpoint(target)
     state["config"]["extra"] = _Payload()  # a pickled object with a valid digest
     _io.save_checkpoint(target, state)
@@ -532,7 +638,7 @@ def test_two_processes_train_like_one(tmp_path):
     """torchrun with 2 gloo processes on localhost == 1 process, same data and seed."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     common = ["reproduce", "prediction", "--optimizer", "adam", "--seeds", "1", "--epochs", "2",
-              "--no-progress"]
+              "--study", "paper", "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
     with socket.socket() as sock:  # a free port on the loopback interface
         sock.bind(("127.0.0.1", 0))
@@ -557,10 +663,10 @@ def test_exit_codes_as_a_process(tmp_path):
     assert run("toy", "--states", "2").returncode == 2
     out = str(tmp_path)
     assert run("control", "--optimizer", "sgd", "--seeds", "1", "--epochs", "1", "--out", out,
-               "--no-progress").returncode == 0
+               "--study", "paper", "--no-progress").returncode == 0
     r = run("control", "--optimizer", "sgd", "--seeds", "2", "--epochs", "1", "--out", out,
-            "--resume")
-    assert r.returncode == 3 and "seeds: 1 in the folder, 2 now" in r.stderr
+            "--study", "paper", "--resume")
+    assert r.returncode == 3 and "seeds: [3] in the folder, [3, 4] now" in r.stderr
 
 
 def test_docstring_examples_of_the_experiments():

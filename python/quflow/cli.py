@@ -126,6 +126,19 @@ def _optimizer_list(text):
     return names
 
 
+STUDIES = ("search", "paper", "tuned", "probes", "variants")  # = _training.STUDIES
+
+
+def _study_list(text):
+    names = tuple(t.strip() for t in text.split(","))
+    bad = [n for n in names if n not in STUDIES]
+    if bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"--study must be a comma-separated list of {', '.join(STUDIES)} without "
+            f"repeats, got {text!r}")
+    return names
+
+
 _EXIT_CODES = ("exit codes: 0 done, 1 error, 2 bad command line, 3 --resume refused (another "
                "configuration, quflow version or data), 4 --resume refused (damaged "
                "checkpoint), 5 --out in use by another quflow reproduce, 6 a run diverged "
@@ -168,19 +181,29 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
                      help="which experiment (default: all)")
     speed = rep.add_mutually_exclusive_group()
     speed.add_argument("--quick", dest="quick", action="store_true", default=True,
-                       help="short runs: 3 seeds, prediction 15 / control 40 epochs (default)")
+                       help="short runs (default): 3 held-out seeds, prediction 15 / control "
+                            "40 epochs; studies paper,tuned, the tuned learning rates "
+                            "committed from the last full search")
     speed.add_argument("--full", dest="quick", action="store_false",
-                       help="long runs: 5 seeds, 150 epochs")
+                       help="long runs: 8 held-out seeds, prediction 60 / control 150 "
+                            "epochs; every study, the learning-rate search included")
+    rep.add_argument("--study", type=_study_list, default=None,
+                     help="which studies, comma-separated: search (learning rates on "
+                          "selection seeds 0-2), paper (the paper's rates), tuned (each "
+                          "method at its searched rate), probes (Adam beta2 0.99, Adam "
+                          "warm-up, SGD clipping), variants (other states, targets, data) "
+                          "(default: quick paper,tuned; full all)")
     rep.add_argument("--out", default="results", help="output directory (default: results)")
     rep.add_argument("--seeds", type=_integer("--seeds", MAX_SEEDS), default=None,
-                     help=f"seeds per method, at most {MAX_SEEDS} (default: quick 3, full 5)")
+                     help=f"held-out seeds per method (seeds 3, 4, ...; 0-2 select the "
+                          f"learning rates), at most {MAX_SEEDS} (default: quick 3, full 8)")
     rep.add_argument("--epochs", type=_integer("--epochs", MAX_EPOCHS), default=None,
                      help=f"epochs per run, at most {MAX_EPOCHS} (default: the mode's)")
     rep.add_argument("--optimizer", type=_optimizer_list, default=None,
                      help="optimisers, comma-separated (default: adam,sgd; adam is the paper's)")
     rep.add_argument("--lr", type=_positive_float, default=None,
-                     help="learning rate, with a single --optimizer (default: adam 0.005; "
-                          "sgd 0.5 prediction, 1.0 control)")
+                     help="learning rate of the paper and probes studies, with a single "
+                          "--optimizer (default: adam 0.005; sgd 0.5 prediction, 1.0 control)")
     states = rep.add_mutually_exclusive_group()
     states.add_argument("--states", type=_state_list, default=None,
                         help=f"initial states superpose these box eigenstates (1 to "
@@ -224,8 +247,8 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
 
 
 # options -> the experiments that use them (for "options an experiment does not use")
-_USED_BY = {"seeds": TRAINED, "epochs": TRAINED, "optimizer": TRAINED, "lr": TRAINED,
-            "states": TRAINED, "modes": TRAINED, "real_states": TRAINED, "target": ("control",),
+_USED_BY = {"study": TRAINED, "seeds": TRAINED, "epochs": TRAINED, "optimizer": TRAINED,
+            "lr": TRAINED, "states": TRAINED, "modes": TRAINED, "real_states": TRAINED, "target": ("control",),
             "resume": TRAINED, "jobs": TRAINED, "allow_version_change": TRAINED}
 
 
@@ -259,10 +282,34 @@ def plan(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
             setups += _training.plan(
                 experiments[name], quick=args.quick, optimizers=optimizers, seeds=args.seeds,
                 epochs=args.epochs, lr=args.lr, states=states, real_states=args.real_states,
-                target=args.target if name == "control" else None)
+                target=args.target if name == "control" else None, studies=args.study)
         except ValueError as exc:
             parser.error(str(exc))
+    _check_tuned(setups, Path(args.out), parser)
     return setups
+
+
+def _check_tuned(setups: list, out: Path, parser) -> None:
+    """Every tuned setup has a search to take its rates from: one this command runs, or
+    one in ``out/lr_search.json``, or the committed one; else a usage error."""
+    from .experiments import _search, _training
+
+    trained = [s for s in setups if s != "toy"]
+    searched = {s.key for s in trained if s.study == "search"}
+    pending = [s for s in trained if not s.lr and _training.search_key(s) not in searched]
+    if not pending:
+        return
+    path = out / "lr_search.json"
+    try:
+        found = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        found = {}
+    committed = _search.committed()
+    for s in pending:
+        try:
+            _training.resolve(s, found if isinstance(found, dict) else {}, committed)
+        except LookupError as exc:
+            parser.error(f"--study tuned/variants: {exc}")
 
 
 def _writable_dir(path: Path, parser) -> Path:
@@ -297,100 +344,152 @@ def default_jobs(threads: int) -> int:
     return max(1, cores // threads)
 
 
+def _load_json(path: Path) -> dict:
+    return _load_results(path)
+
+
 def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
               progress: bool = True, jobs: int = 1, allow_version_change: bool = False) -> dict:
-    """Runs ``setups`` (``"toy"`` or :class:`~quflow.experiments._training.Setup`), merges
-    their entries into ``out/results.json`` after each, and returns the merged results.
-    The caller holds the lock on ``out`` (:func:`out_lock`).
+    """Runs ``setups`` (``"toy"`` or :class:`~quflow.experiments._training.Setup`):
+    learning-rate searches first (``out/lr_search.json``, ``out/lr-sweep.png``), then the
+    tuned setups' rates are filled in (:func:`~quflow.experiments._training.resolve`),
+    then every other setup. Merges each entry into ``out/results.json`` after it ends,
+    writes ``out/verdict.md`` at the end, and returns the merged results. The caller holds
+    the lock on ``out`` (:func:`out_lock`).
 
     Raises:
-        ConfigMismatch, CorruptCheckpoint: with ``resume``, before anything runs
+        ConfigMismatch, CorruptCheckpoint: with ``resume``, before the runs it concerns
             (``VersionMismatch``, a ``ConfigMismatch``, unless ``allow_version_change``).
+        LookupError: a tuned setup has no search to take its rates from (before anything
+            runs).
         Diverged: a run's loss or parameters stopped being finite.
         OSError: a file could not be written (its ``filename`` names it).
     """
-    from .experiments import _io, _plots, _training, toy
+    from .experiments import _io, _plots, _search, _training, verdict
 
     rank, size = _training.world()
-    trained = [s for s in setups if s != "toy"]
+    searches = [s for s in setups if s != "toy" and s.study == "search"]
+    trained = [s for s in setups if s != "toy" and s.study != "search"]
+    searched = {s.key for s in searches}
+    search_path = out / "lr_search.json"
+    found = _load_json(search_path) if rank == 0 else {}
+    if size > 1:
+        found = _broadcast(found)
+    committed = _search.committed()
+    for s in trained:  # every tuned setup has its rates' source before anything runs
+        if not s.lr and _training.search_key(s) not in searched:
+            _training.resolve(s, found, committed)
     if resume:  # refuse before any run writes anything
         for s in trained:
-            s.check_resumable(out, allow_version_change=allow_version_change)
+            if s.lr:
+                s.check_resumable(out, allow_version_change=allow_version_change)
     if rank == 0:
         _io.remove_stale_temporaries(out)
         _io.remove_stale_temporaries(out / "checkpoints")
     results_path = out / "results.json"
     results = _load_results(results_path) if rank == 0 else {}
-    total = {}
-    prior = {}
+    shared = jobs > 1 and size == 1
+    with _training.Workers(jobs) if shared else contextlib.nullcontext() as workers:
+        for s in searches:
+            if progress and rank == 0:
+                print(f"== {s.key}: learning rates for {', '.join(s.methods)} on selection "
+                      f"seeds {', '.join(map(str, s.seeds))}, {s.epochs} epochs "
+                      f"({_search.CRITERION})", flush=True)
+            found[s.key] = _search.run(s, out, resume=resume, workers=workers,
+                                       progress=progress and rank == 0,
+                                       allow_version_change=allow_version_change)
+            if rank == 0:
+                _io.write_json(search_path, found)
+        if size > 1:
+            found = _broadcast(found)
+        trained = [_training.resolve(s, found, committed) for s in trained]
+        if resume and searches:
+            for s in trained:
+                if s.lr_source == "search":
+                    s.check_resumable(out, allow_version_change=allow_version_change)
+        if rank == 0 and progress:
+            for s in trained:
+                if s.lr_source in ("search", "committed"):
+                    where = ("this folder's search" if s.lr_source == "search" else
+                             "the search committed with quflow (the last full run's, "
+                             f"{committed[_training.search_key(s)]['epochs']} epochs, "
+                             "selection seeds 0-2)")
+                    print(f"== {s.key}: tuned learning rates from {where}: "
+                          f"{s.describe_lr()}", flush=True)
+        if rank == 0:
+            sweep = found or ({k: v for k, v in committed.items()
+                               if any(t.lr_source == "committed" and
+                                      _training.search_key(t) == k for t in trained)})
+            if sweep:
+                _plots.lr_sweep(sweep, out / "lr-sweep.png")
+        results = _train_setups(setups, trained, out, results, quick=quick, resume=resume,
+                                progress=progress, workers=workers,
+                                allow_version_change=allow_version_change)
+    if rank == 0:
+        _io.write_text(out / "verdict.md", verdict.render_all(results))
+    return results
+
+
+def _broadcast(obj):
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _train_setups(setups: list, trained: list, out: Path, results: dict, *, quick: bool,
+                  resume: bool, progress: bool, workers, allow_version_change: bool) -> dict:
+    """The toy and the trained setups of :func:`reproduce`, after the searches."""
+    from .experiments import _io, _plots, _training, toy
+
+    rank, _ = _training.world()
+    results_path = out / "results.json"
+    total, prior = {}, {}
     for s in trained:
         name = s.experiment.name
         total[name] = total.get(name, 0) + s.epochs * len(s.configs())
         prior[name] = s.experiment.seconds_per_epoch
     runs = sum(len(s.configs()) for s in trained)
     bar = _training.Progress(total, prior, runs, enabled=progress)
-    # With jobs > 1 every setup's runs queue at once on one set of workers, so that one
-    # setup's last runs, its figures and the toy overlap the next setup's training.
-    shared = jobs > 1 and size == 1 and runs > 1
-    with _training.Workers(min(jobs, runs)) if shared else contextlib.nullcontext() as workers:
-        started = [s.start(out, resume=resume, workers=workers,
-                           allow_version_change=allow_version_change) for s in trained] \
-            if shared else None
-        bar.reset_clock()
-        t0 = time.perf_counter()
-        for s in setups:
-            start = time.perf_counter()
-            if s == "toy":
-                if rank != 0:
-                    continue
-                if progress:
-                    print("== toy: gradient descent on θ from θ₀ = π/2 − δ, δ = 1e-2, 1e-4, "
-                          "1e-6", flush=True)
-                key, entry = "toy", toy.run(out, quick=quick)
+    # With workers every setup's runs queue at once, so that one setup's last runs, its
+    # figures and the toy overlap the next setup's training.
+    shared = workers is not None and runs > 1
+    started = [s.start(out, resume=resume, workers=workers,
+                       allow_version_change=allow_version_change) for s in trained] \
+        if shared else None
+    bar.reset_clock()
+    t0 = time.perf_counter()
+    order = [s for s in setups if s == "toy"] + trained
+    for s in order:
+        start = time.perf_counter()
+        if s == "toy":
+            if rank != 0:
+                continue
+            if progress:
+                print("== toy: gradient descent on θ from θ₀ = π/2 − δ, δ = 1e-2, 1e-4, "
+                      "1e-6", flush=True)
+            key, entry = "toy", toy.run(out, quick=quick)
+        else:
+            if progress and rank == 0:
+                print(f"== {s.describe()}", flush=True)
+            key = s.key
+            if shared:
+                entry = s.finish(out, started[trained.index(s)], resume=resume, progress=bar)
             else:
-                if progress and rank == 0:
-                    print(f"== {s.describe()}", flush=True)
-                key = s.key
-                if shared:
-                    entry = s.finish(out, started[trained.index(s)], resume=resume,
-                                     progress=bar)
-                else:
-                    entry = s.run(out, resume=resume, progress=bar,
-                                  allow_version_change=allow_version_change)
-            if rank == 0:
-                results[key] = entry
-                _io.write_json(results_path, results)
-                _plots.summary({k: v for k, v in results.items() if k != "toy"},
-                               out / "summary.png")
-                if progress:
-                    # with shared workers a setup's runs may have started with the first
-                    print(f"   {key} done in {time.perf_counter() - start:.1f} s"
-                          + (f" ({time.perf_counter() - t0:.1f} s since the start)"
-                             if shared else ""), flush=True)
+                entry = s.run(out, resume=resume, progress=bar,
+                              allow_version_change=allow_version_change)
+        if rank == 0:
+            results[key] = entry
+            _io.write_json(results_path, results)
+            _plots.summary({k: v for k, v in results.items() if k != "toy"},
+                           out / "summary.png")
+            if progress:
+                # with shared workers a setup's runs may have started with the first
+                print(f"   {key} done in {time.perf_counter() - start:.1f} s"
+                      + (f" ({time.perf_counter() - t0:.1f} s since the start)"
+                         if shared else ""), flush=True)
     return results
-
-
-def _print_summary(results: dict, keys: list[str]) -> None:
-    print("\n| setup | method | val loss, last quarter (geo. mean [95 % CI]) | "
-          "ratio to standard [95 % CI] | train loss, last quarter |")
-    print("|---|---|---|---|---|")
-    for key in keys:
-        if key == "toy":
-            for g, r in results[key].items():
-                by = ", ".join(f"δ={d}: {k}" for d, k in r["steps_to_target_by_offset"].items())
-                print(f"| toy | {g} | steps to L < 1e-3: {by} | | |")
-            continue
-        for m, r in results[key].items():
-            va, tr = r["val"]["window"], r["train"]["window"]
-            ratio = r["ratio_to_standard"]["val"]["window"] if m != "standard" else None
-            ratio_text = "—" if ratio is None else f"{ratio['mean']:.3g} {_ci(ratio)}"
-            print(f"| {key} | {m} | {va['mean']:.3g} {_ci(va)} | {ratio_text} | "
-                  f"{tr['mean']:.3g} |")
-
-
-def _ci(stat: dict) -> str:
-    ci = stat.get("ci95")
-    return f"[{ci[0]:.3g}, {ci[1]:.3g}]" if ci else "[1 seed]"
 
 
 @contextlib.contextmanager
@@ -477,6 +576,9 @@ def _run_locked(args, setups: list, out: Path, jobs: int, rank: int) -> int:
         print(f"quflow: --resume refused: damaged checkpoint {exc}. Delete it to rerun that "
               f"run from the start.", file=sys.stderr)
         return EXIT_CORRUPT
+    except LookupError as exc:  # a tuned setup without a search (before any run)
+        print(f"quflow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except _training.Diverged as exc:
         if rank == 0:  # every rank diverges alike
             print(f"quflow: {exc}. Completed setups' files and checkpoints are kept.",
@@ -488,7 +590,11 @@ def _run_locked(args, setups: list, out: Path, jobs: int, rank: int) -> int:
               f"whole.", file=sys.stderr)
         return EXIT_WRITE
     if rank == 0 and args.progress:
-        _print_summary(results, [s if s == "toy" else s.key for s in setups])
+        from .experiments import verdict
+
+        print(f"\nThe verdict (written to {out / 'verdict.md'}, with the secondary "
+              f"endpoints):\n")
+        print(verdict.render(results), end="")
     return EXIT_OK
 
 

@@ -33,21 +33,66 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..fidelity import GRADIENTS
+from ..fidelity import (GRADIENTS, bures_loss, fidelity_loss, fubini_study_loss,
+                        log_fidelity_loss)
 from . import _io, _plots, _stats
 
 OPTIMIZERS = ("adam", "sgd")
+# Probes of the explanation of the Adam result (``--study probes``): each optimiser's
+# learning rate is its base optimiser's.
+PROBES = {"adam-b2": "adam", "adam-warmup": "adam", "sgd-clip": "sgd"}
+BETA2_PROBE = 0.99  # adam-b2: Adam remembers ~1/(1 − β₂) = 100 steps instead of 1000
+WARMUP_STEPS = 200  # adam-warmup: the learning rate rises linearly over this many steps
+# sgd-clip: each mini-batch gradient's norm is clipped to this before the step: about the
+# standard gradient's size early in control (0.01–0.3 on the probe batch over its first
+# epochs), below the modified gradient's first steps (0.47 in control, 1.6 in prediction)
+CLIP_NORM = 0.1
 CHECKPOINT_SECONDS = 10.0  # at most this much training is lost to a killed process
+
+PAPER_METHODS = GRADIENTS  # the paper's three gradient flows of the quantum loss
+# The loss family: losses whose plain gradient is compared with the three flows
+FAMILY = {"bures": bures_loss, "log_fidelity": log_fidelity_loss,
+          "fubini_study": fubini_study_loss}
+METHODS = (*PAPER_METHODS, *FAMILY)
+# Learning rates are chosen on these seeds; every comparison runs on later, held-out ones
+SELECTION_SEEDS = (0, 1, 2)
+FIRST_HELD_OUT_SEED = len(SELECTION_SEEDS)
+
+
+def held_out_seeds(count: int) -> tuple[int, ...]:
+    """``count`` seeds that the learning-rate search never sees."""
+    return tuple(range(FIRST_HELD_OUT_SEED, FIRST_HELD_OUT_SEED + count))
+
+
+def quantum_loss(pred: torch.Tensor, target: torch.Tensor, method: str,
+                 reduction: str = "mean") -> torch.Tensor:
+    """The loss a run trains with, both arguments in the split layout ``[Re ψ, Im ψ]``
+    (or complex): the quantum loss ``1 − F`` with one of the paper's gradient flows
+    (``method`` in :data:`PAPER_METHODS`), or a sibling loss of the family with its plain
+    gradient (``"bures"``: ``1 − √F``; ``"log_fidelity"``: ``−log F``;
+    ``"fubini_study"``: ``arccos √F``). Every run is *evaluated* with ``1 − F``."""
+    if method in FAMILY:
+        return FAMILY[method](pred, target, reduction=reduction, layout="split")
+    return fidelity_loss(pred, target, gradient=method, reduction=reduction, layout="split")
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     """Adam (the paper's) with torch's ``fused`` step: ~2.5× faster than the default
     per-tensor step (bench/bench_mainjob.py), the same update to round-off (its arithmetic
     is ordered differently; tests/test_experiments.py states the tolerance). Plain SGD
-    keeps the default step: ``fused`` (bitwise equal) measured 4–13 % slower."""
-    if name == "adam":
+    keeps the default step: ``fused`` (bitwise equal) measured 4–13 % slower.
+
+    The probes (:data:`PROBES`): ``"adam-b2"`` is Adam with ``β₂ =`` :data:`BETA2_PROBE`;
+    ``"adam-warmup"`` is Adam whose rate :func:`train` ramps up over
+    :data:`WARMUP_STEPS` steps; ``"sgd-clip"`` is SGD whose gradient :func:`train` clips
+    to norm :data:`CLIP_NORM`."""
+    if name in ("adam", "adam-warmup"):
         return torch.optim.Adam(params, lr=lr, fused=True)
-    return torch.optim.SGD(params, lr=lr)
+    if name == "adam-b2":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, BETA2_PROBE), fused=True)
+    if name in ("sgd", "sgd-clip"):
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"optimizer: expected one of {(*OPTIMIZERS, *PROBES)}, got {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,6 +296,8 @@ def train(cfg: RunConfig, make_model: Callable[[], nn.Module],
         probe = (x_all[:200], y_all[:200])
 
     n = x_all.shape[0]
+    per_epoch = -(-n // cfg.batch_size)  # optimiser steps per epoch
+    params = [p for p in model.parameters() if p.requires_grad]
     # training and validation sets evaluated as one batch: (n + n_val, ...)
     x_eval, y_eval = torch.cat((x_all, val_set[0])), torch.cat((y_all, val_set[1]))
 
@@ -275,10 +322,15 @@ def train(cfg: RunConfig, make_model: Callable[[], nn.Module],
         for epoch in range(start, cfg.epochs):
             order = torch.randperm(n, generator=shuffle)
             try:
-                for first in range(0, n, cfg.batch_size):
+                for k, first in enumerate(range(0, n, cfg.batch_size)):
                     idx = order[first:first + cfg.batch_size][rank::size]  # this rank's share
                     opt.zero_grad()
                     batch_loss(ddp, x_all[idx], y_all[idx], cfg.method).backward()
+                    if cfg.optimizer == "sgd-clip":
+                        nn.utils.clip_grad_norm_(params, CLIP_NORM)
+                    elif cfg.optimizer == "adam-warmup":  # from the step count: resumable
+                        step = epoch * per_epoch + k
+                        opt.param_groups[0]["lr"] = cfg.lr * min(1.0, (step + 1) / WARMUP_STEPS)
                     opt.step()
                 tr, va = record()
             except ValueError:  # e.g. fidelity_loss: "pred: contains NaN or Inf"
@@ -303,6 +355,18 @@ def train(cfg: RunConfig, make_model: Callable[[], nn.Module],
                 pass
         raise
     return curves
+
+
+SHORT = {"standard": "std", "modified": "mod", "l2": "L2", "bures": "Bures",
+         "log_fidelity": "log F", "fubini_study": "FS"}
+
+
+def _seed_range(seeds: tuple) -> str:
+    """``seeds 3–10`` for a contiguous range, else the list."""
+    seeds = list(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"seeds {seeds[0]}–{seeds[-1]}"
+    return "seed " + str(seeds[0]) if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
 
 
 def _finite(model: nn.Module) -> bool:
@@ -338,62 +402,111 @@ class Experiment:
     probe: int  # probe batch for the gradient diagnostic: `probe` training samples, evenly spaced
     seconds_per_epoch: float  # a prior for the ETA (one thread, this project's 2-core VM)
     extra: tuple = ()
+    # --study variants: (tag, {"states", "real_states", "target", "data_seed"}) each run
+    # at the default setup's tuned learning rates
+    variants: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """Everything one (experiment, optimiser) pair runs with, resolved from the options."""
+    """Everything one (experiment, optimiser, study) runs with, resolved from the options.
+
+    ``lr`` maps each method to its learning rate (the paper's for every method, or each
+    method's own from a learning-rate search); ``study`` is ``"paper"`` (the paper's
+    settings), ``"tuned"`` (each method at its tuned rate), ``"probe"`` (an optimiser
+    variant, :data:`PROBES`), ``"variant"`` (other states, targets or data, at the default
+    setup's tuned rates) or ``"search"`` (one point of a learning-rate search:
+    :mod:`._search`). ``lr_source``: ``"paper"``, ``"given"`` (``--lr``), ``"search"`` (a
+    search in this output folder) or ``"committed"`` (the search committed with quflow).
+    """
 
     experiment: Experiment
     optimizer: str
-    lr: float
-    seeds: int
+    lr: dict  # method -> learning rate
+    seeds: tuple  # the seeds run, e.g. held_out_seeds(3)
     epochs: int
     states: tuple
     real_states: bool
     target: int | None
+    methods: tuple = PAPER_METHODS
+    study: str = "paper"
+    lr_source: str = "paper"
+    data_seed: int | None = None  # None: the experiment's default data draw
+    tag: str = ""  # names a variant in the key, e.g. "m20"
 
     @property
     def key(self) -> str:
-        """The results.json key: the experiment's name for Adam, ``name-optimizer`` otherwise."""
-        name = self.experiment.name
-        return name if self.optimizer == "adam" else f"{name}-{self.optimizer}"
+        """The results.json key: the experiment's name, ``-optimizer`` unless Adam, the
+        variant's tag, and ``-tuned`` for tuned learning rates (``-search`` for a search)."""
+        parts = [self.experiment.name]
+        if self.optimizer != "adam":
+            parts.append(self.optimizer)
+        if self.tag:
+            parts.append(self.tag)
+        if self.study == "search":
+            parts.append("search")
+        elif self.lr_source in ("search", "committed"):
+            parts.append("tuned")
+        return "-".join(parts)
 
     @property
     def settings(self) -> dict:
-        d = {"optimizer": self.optimizer, "lr": self.lr, "states": list(self.states),
-             "real_states": self.real_states}
+        d = {"experiment": self.experiment.name, "study": self.study,
+             "optimizer": self.optimizer, "lr_source": self.lr_source,
+             "states": list(self.states), "real_states": self.real_states}
         if self.target is not None:
             d["target"] = self.target
+        if self.data_seed is not None:
+            d["data_seed"] = self.data_seed
         return d
 
     def describe(self) -> str:
         s = ",".join(f"φ{k}" for k in self.states)
         kind = "real" if self.real_states else "complex"
         target = f" → φ{self.target}" if self.target is not None else ""
-        return (f"{self.key}: {self.optimizer} lr {self.lr:g}, {self.epochs} epochs × "
-                f"{self.seeds} seeds × {len(GRADIENTS)} gradients, {kind} mixes of "
-                f"{s}{target}")
+        data = f", data draw {self.data_seed}" if self.data_seed is not None else ""
+        return (f"{self.key}: {self.optimizer} {self.describe_lr()}, {self.epochs} epochs × "
+                f"{len(self.seeds)} seeds ({_seed_range(self.seeds)}) × "
+                f"{len(self.methods)} methods, {kind} mixes of {s}{target}{data}")
 
-    def configs(self) -> list[RunConfig]:
+    def describe_lr(self) -> str:
+        """``lr 0.005`` when every method shares it, else ``lr std 2, mod 1.5, …``."""
+        values = {self.lr[m] for m in self.methods}
+        if len(values) == 1:
+            return f"lr {values.pop():g}"
+        return "lr " + ", ".join(f"{SHORT.get(m, m)} {self.lr[m]:g}" for m in self.methods)
+
+    def extra(self) -> tuple:
         e = self.experiment
         extra = (("hidden", e.hidden), ("states", list(self.states)),
                  ("real_states", self.real_states), *e.extra)
         if self.target is not None:
             extra = (*extra, ("target", self.target))
-        return [RunConfig(e.name, m, s, self.epochs, self.lr, e.batch_size, extra,
-                          self.optimizer) for m in GRADIENTS for s in range(self.seeds)]
+        if self.data_seed is not None:
+            extra = (*extra, ("data_seed", self.data_seed))
+        return extra
+
+    def config(self, method: str, seed: int, lr: float | None = None) -> RunConfig:
+        e = self.experiment
+        return RunConfig(e.name, method, seed, self.epochs, self.lr[method] if lr is None
+                         else lr, e.batch_size, self.extra(), self.optimizer)
+
+    def configs(self) -> list[RunConfig]:
+        return [self.config(m, s) for m in self.methods for s in self.seeds]
 
     def checkpoint(self, out: Path, cfg: RunConfig) -> Path:
-        return out / "checkpoints" / f"{self.key}-{cfg.method}-seed{cfg.seed}.pt"
+        lr = f"-lr{cfg.lr:g}" if self.study == "search" else ""
+        return out / "checkpoints" / f"{self.key}-{cfg.method}{lr}-seed{cfg.seed}.pt"
 
     def manifest(self) -> dict:
-        return {"seeds": self.seeds, "epochs": self.epochs, **self.settings}
+        return {"seeds": list(self.seeds), "epochs": self.epochs, "methods": list(self.methods),
+                "lr": {m: self.lr[m] for m in self.methods}, **self.settings}
 
     def data(self) -> tuple[tuple, tuple]:
         """The (training, validation) sets ``(x, y)`` of this setup."""
+        kwargs = {} if self.data_seed is None else {"seed": self.data_seed}
         return self.experiment.make_data(states=self.states, real=self.real_states,
-                                          target=self.target)
+                                          target=self.target, **kwargs)
 
     def check_resumable(self, out: Path, *, allow_version_change: bool = False) -> None:
         """With ``--resume``: the folder's manifest and every checkpoint of this setup
@@ -471,7 +584,7 @@ class Setup:
         """Collects the queued runs (or trains them here, in order), then writes
         ``<key>.csv`` and the figures; returns the results.json entry."""
         e = self.experiment
-        curves = {m: [] for m in GRADIENTS}
+        curves = {m: [] for m in self.methods}
         if started.futures is not None:
             for cfg, future in zip(started.configs, started.futures):
                 curves[cfg.method].append(future.result())
@@ -492,8 +605,10 @@ class Setup:
         recorded = {**self.settings, **started.stamp}
         if started.allow_version_change:
             recorded["allow_version_change"] = True
-        results = _stats.summarise(curves, list(range(self.seeds)), epochs=self.epochs,
+        results = _stats.summarise(curves, list(self.seeds), epochs=self.epochs,
                                    setup=recorded)
+        for m in self.methods:
+            results[m]["lr"] = self.lr[m]
         if world()[0] == 0:
             rows = [["method", "seed", "epoch", "train_loss", "val_loss", "cos_standard_modified",
                      "grad_norm_standard", "grad_norm_modified"]]
@@ -503,7 +618,8 @@ class Setup:
                              for ep in range(len(c["train"]))]
             _io.write_csv(out / f"{self.key}.csv", rows)
             _plots.curves(curves, out / f"{self.key}.png", title=self.describe())
-            _plots.gradients(curves, out / f"{self.key}-gradients.png", title=self.describe())
+            _plots.gradients(curves, out / f"{self.key}-gradients.png", title=self.describe(),
+                             optimizer=self.optimizer)
         return results
 
 
@@ -642,11 +758,24 @@ def _train_in_worker(setup: Setup, cfg: RunConfig, out: Path, resume: bool, trai
         _TRAINING = False
 
 
+STUDIES = ("search", "paper", "tuned", "probes", "variants")
+DEFAULT_STUDIES = {"quick": ("paper", "tuned"), "full": STUDIES}
+
+
 def plan(experiment: Experiment, *, quick: bool, optimizers: tuple[str, ...],
          seeds: int | None = None, epochs: int | None = None, lr: float | None = None,
          states: tuple[int, ...] | None = None, real_states: bool | None = None,
-         target: int | None = None) -> list[Setup]:
+         target: int | None = None, studies: tuple[str, ...] | None = None) -> list[Setup]:
     """The setups that ``quflow reproduce <experiment>`` runs, with defaults filled in.
+
+    Studies (:data:`STUDIES`; default :data:`DEFAULT_STUDIES`): ``"search"`` the
+    learning-rate search (:mod:`._search`) on :data:`SELECTION_SEEDS`, every method of
+    :data:`METHODS` in full mode; ``"paper"`` the paper's three flows at the paper's rate
+    (or ``lr``); ``"tuned"`` every method at its own searched rate (the loss family too in
+    full mode); ``"probes"`` the optimiser probes :data:`PROBES` (standard vs modified at
+    the paper's rate); ``"variants"`` the experiment's other states, targets and data
+    draws at the default setup's tuned rates. All but the search run on held-out seeds.
+    Tuned setups' ``lr`` is ``{}`` until :func:`resolve` fills it in.
 
     Raises:
         ValueError: an eigenstate or target outside ``1..n``, or a target for an
@@ -654,6 +783,8 @@ def plan(experiment: Experiment, *, quick: bool, optimizers: tuple[str, ...],
     """
     e = experiment
     mode = "quick" if quick else "full"
+    studies = tuple(studies) if studies else DEFAULT_STUDIES[mode]
+    default = (e.states, e.real_states, e.target)
     states = tuple(states) if states else e.states
     for k in states:
         if not 1 <= k <= e.n:
@@ -663,10 +794,84 @@ def plan(experiment: Experiment, *, quick: bool, optimizers: tuple[str, ...],
             raise ValueError(f"--target: the {e.name} experiment has no target state")
         if not 1 <= target <= e.n:
             raise ValueError(f"--target: the grid has eigenstates 1..{e.n}, got {target}")
-    return [Setup(e, opt, lr or e.lr[opt], seeds or e.seeds[mode], epochs or e.epochs[mode],
-                  states, e.real_states if real_states is None else real_states,
-                  target if target is not None else e.target)
-            for opt in optimizers]
+    real_states = e.real_states if real_states is None else real_states
+    target = target if target is not None else e.target
+    held_out = held_out_seeds(seeds or e.seeds[mode])
+    epochs = epochs or e.epochs[mode]
+    tuned_methods = PAPER_METHODS if quick else METHODS
+    source = "search"
+    setups = []
+    for study in STUDIES:
+        if study not in studies:
+            continue
+        for opt in optimizers:
+            common = dict(epochs=epochs, states=states, real_states=real_states,
+                          target=target)
+            if study == "search":
+                setups.append(Setup(e, opt, {}, SELECTION_SEEDS, methods=tuned_methods,
+                                    study="search", lr_source="search", **common))
+            elif study == "paper":
+                rate = lr or e.lr[opt]
+                setups.append(Setup(e, opt, {m: rate for m in PAPER_METHODS}, held_out,
+                                    study="paper", lr_source="given" if lr else "paper",
+                                    **common))
+            elif study == "tuned":
+                setups.append(Setup(e, opt, {}, held_out, methods=tuned_methods,
+                                    study="tuned", lr_source=source, **common))
+            elif study == "probes":
+                for probe, base in PROBES.items():
+                    if base == opt:
+                        rate = lr or e.lr[opt]
+                        setups.append(Setup(e, probe, {m: rate for m in ("standard",
+                                                                         "modified")},
+                                            held_out, methods=("standard", "modified"),
+                                            study="probe", **common))
+            elif study == "variants" and (states, real_states, target) == default:
+                for tag, v in e.variants:
+                    setups.append(Setup(
+                        e, opt, {}, held_out, epochs, tuple(v.get("states", e.states)),
+                        v.get("real_states", e.real_states), v.get("target", e.target),
+                        methods=PAPER_METHODS, study="variant", lr_source=source,
+                        data_seed=v.get("data_seed"), tag=tag))
+    return setups
+
+
+def search_key(setup: Setup) -> str:
+    """The key of the search whose rates a tuned or variant setup uses: the experiment's
+    default states, this optimiser."""
+    name = setup.experiment.name
+    return f"{name}-search" if setup.optimizer == "adam" else f"{name}-{setup.optimizer}-search"
+
+
+def resolve(setup: Setup, searches: dict, committed: dict) -> Setup:
+    """``setup`` with its tuned rates filled in: from ``searches`` (this output folder's
+    ``lr_search.json``) when it holds a search of the same experiment, optimiser and
+    epochs that covers the methods, else from ``committed`` (quflow's committed search).
+    Setups with rates already set are returned unchanged.
+
+    Raises:
+        LookupError: neither has such a search (the message says what to run).
+    """
+    from . import _search
+
+    if setup.lr:
+        return setup
+    key = search_key(setup)
+    for source, table in (("search", searches), ("committed", committed)):
+        entry = table.get(key)
+        # this folder's search must be at this run's epochs; the committed one is the
+        # full run's, which the quick run uses at its own, shorter, epochs
+        if entry is None or (source == "search" and entry.get("epochs") != setup.epochs):
+            continue
+        try:
+            rates = _search.chosen(entry, setup.methods)
+        except KeyError:
+            continue
+        return dataclasses.replace(setup, lr=rates, lr_source=source)
+    raise LookupError(f"{setup.key}: no learning-rate search of {key} at {setup.epochs} "
+                      f"epochs covering {', '.join(setup.methods)} in this --out folder or "
+                      f"committed with quflow; run --full --study search (with the same "
+                      f"--epochs) first")
 
 
 class Progress:

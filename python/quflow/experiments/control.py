@@ -18,7 +18,7 @@ paper's) or plain SGD with 1.0; mini-batch 10.
 
 from __future__ import annotations
 
-from ..fidelity import fidelity_loss, to_complex, to_real
+from ..fidelity import to_complex, to_real
 from ..grid import Grid, random_states
 from ..schrodinger import crank_nicolson
 from . import _training
@@ -40,12 +40,14 @@ def make_data(seed: int = 2024, states: tuple = (2, 3), real: bool = True, targe
 def batch_loss(model, x, y, gradient, reduction="mean"):
     u = model(x)  # (B, 50)
     psi_T = crank_nicolson(to_complex(x), dt=DT, dx=_GRID.dx, control=u, control_shape=_GRID.x)
-    # psi_T complex (B, 20); y real (B, 40) in the to_real layout, hence layout="split"
-    return fidelity_loss(psi_T, y, gradient=gradient, reduction=reduction, layout="split")
+    # psi_T complex (B, 20); y real (B, 40) in the to_real layout
+    return _training.quantum_loss(psi_T, y, gradient, reduction)
 
 
 EXPERIMENT = _training.Experiment(
     "control", make_data, batch_loss, n=N, inputs=2 * N, outputs=STEPS, hidden=HIDDEN,
     lr={"adam": 0.005, "sgd": 1.0}, batch_size=10, epochs={"quick": 40, "full": 150},
-    seeds={"quick": 3, "full": 5}, states=(2, 3), real_states=True, target=1, probe=100,
-    seconds_per_epoch=0.1, extra=(("steps", STEPS),))
+    seeds={"quick": 3, "full": 8}, states=(2, 3), real_states=True, target=1, probe=100,
+    seconds_per_epoch=0.04, extra=(("steps", STEPS),),
+    variants=(("stablebptt", {"states": (1, 2), "real_states": False, "target": 3}),
+              ("data2025", {"data_seed": 2025})))

@@ -13,7 +13,7 @@ the gradient they train with.
 
 from __future__ import annotations
 
-from ..fidelity import fidelity_loss, to_real
+from ..fidelity import to_real
 from ..grid import Grid, random_states
 from ..schrodinger import crank_nicolson
 from . import _training
@@ -37,13 +37,15 @@ def make_data(seed: int = 2023, states: tuple = (1, 2, 3, 4, 5), real: bool = Fa
 
 
 def batch_loss(model, x, y, gradient, reduction="mean"):
-    """The quantum loss of the network's real ``(B, 40)`` outputs against ``y``, both in
-    the to_real layout ``[Re ψ, Im ψ]`` (hence ``layout="split"``)."""
-    return fidelity_loss(model(x), y, gradient=gradient, reduction=reduction, layout="split")
+    """The loss ``gradient`` (a flow or a sibling loss: :func:`_training.quantum_loss`) of
+    the network's real ``(B, 40)`` outputs against ``y``, both in the to_real layout
+    ``[Re ψ, Im ψ]``."""
+    return _training.quantum_loss(model(x), y, gradient, reduction)
 
 
 EXPERIMENT = _training.Experiment(
     "prediction", make_data, batch_loss, n=N, inputs=2 * N, outputs=2 * N, hidden=HIDDEN,
-    lr={"adam": 0.005, "sgd": 0.5}, batch_size=200, epochs={"quick": 15, "full": 150},
-    seeds={"quick": 3, "full": 5}, states=(1, 2, 3, 4, 5), real_states=False, target=None,
-    probe=200, seconds_per_epoch=0.25)
+    lr={"adam": 0.005, "sgd": 0.5}, batch_size=200, epochs={"quick": 15, "full": 60},
+    seeds={"quick": 3, "full": 8}, states=(1, 2, 3, 4, 5), real_states=False, target=None,
+    probe=200, seconds_per_epoch=0.2,
+    variants=(("modes20", {"states": tuple(range(1, 21))}), ("data2024", {"data_seed": 2024})))

@@ -78,7 +78,9 @@ def run(out: Path, *, quick: bool = True, lr: float = LR) -> dict:
 
     Returns:
         ``{gradient: {"final_loss", "final_loss_std", "seeds", "steps_to_target",
-        "steps_to_target_by_offset"}}``: ``steps_to_target`` from ``δ = 1e-2`` and
+        "steps_to_target_by_offset"}, "l2_at_2lr": {"lr", "steps_to_target_by_offset"}}``
+        (``l2_at_2lr``: L2 at step size ``2η``, which takes the modified gradient's steps
+        on θ): ``steps_to_target`` from ``δ = 1e-2`` and
         ``steps_to_target_by_offset`` = ``{"0.01": k, "0.0001": k, "1e-06": k}``;
         ``final_loss`` after the last step from ``δ = 1e-2``. The toy is deterministic:
         one run, standard deviation 0.
@@ -98,6 +100,12 @@ def run(out: Path, *, quick: bool = True, lr: float = LR) -> dict:
                    "steps_to_target_by_offset": {f"{d:g}": runs[g, d]["steps_to_target"]
                                                  for d in OFFSETS}}
                for g in GRADIENTS}
+    # On θ the modified gradient is exactly 2 × the L2 one (0 < θ < π/2), so L2 at twice
+    # the step size takes the modified gradient's steps: its "fastest" is a step size.
+    doubled = {d: simulate("l2", theta0=math.pi / 2 - d, lr=2 * lr, steps=steps)
+               for d in OFFSETS}
+    summary["l2_at_2lr"] = {"lr": 2 * lr, "steps_to_target_by_offset": {
+        f"{d:g}": doubled[d]["steps_to_target"] for d in OFFSETS}}
     meta = {"lr": lr, "steps": steps, "target_loss": TARGET_LOSS, "offsets": list(OFFSETS),
             "parametrisation": "theta"}
     _io.write_json(out / "toy.json", {"config": meta, "results": summary})
