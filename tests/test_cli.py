@@ -175,7 +175,8 @@ def _interrupt(out: Path, when) -> subprocess.CompletedProcess:
     the whole session, as Ctrl-C in a terminal does to its foreground process group."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _READY, "reproduce", "control", "--optimizer", "sgd", "--seeds",
-         "4", "--epochs", "50", "--jobs", "2", "--no-progress", "--out", str(out)],
+         "4", "--epochs", "50", "--jobs", "2", "--study", "paper", "--no-progress", "--out",
+         str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert proc.stdout.readline() == "ready\n"

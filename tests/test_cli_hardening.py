@@ -1,6 +1,7 @@
 """quflow reproduce under hostile conditions (issue 23): worker processes after a threaded
-parent, two runs on one folder, resuming across versions or data, absurd option values,
-a diverging learning rate, a full disk, and OpenMP's wait policy.
+parent, two runs on one folder, resuming across versions, data or seeds, absurd option
+values, tuned studies without a learning-rate search, a diverging learning rate, a full
+disk, and OpenMP's wait policy.
 
 Runs that could hang are subprocesses with a generous timeout (a guard, not a timed
 assertion): past it, the whole process group is killed and the test fails."""
@@ -35,13 +36,14 @@ def _reproduce(*args):
 def _small(out, *extra):
     """One tiny control run in this process: 1 seed, 1 epoch, plain SGD."""
     return _reproduce("control", "--optimizer", "sgd", "--seeds", "1", "--epochs", "1",
-                      "--jobs", "1", "--out", str(out), *extra)
+                      "--jobs", "1", "--study", "paper", "--out", str(out), *extra)
 
 
 def _control_sgd(*options):
+    """The control-sgd setup of the paper study (what :func:`_small` runs)."""
     parser = cli._parser()
-    return cli.plan(parser.parse_args(["reproduce", "control", "--optimizer", "sgd", *options]),
-                    parser)[0]
+    return cli.plan(parser.parse_args(["reproduce", "control", "--optimizer", "sgd", "--study",
+                                       "paper", *options]), parser)[0]
 
 
 def _files(folder: Path) -> dict:
@@ -85,14 +87,15 @@ def test_threads_2_jobs_2_finishes_with_the_data_of_one_thread(tmp_path):
     out = tmp_path / "out"
     r = _run([sys.executable, "-m", "quflow", "reproduce", "prediction", "--threads", "2",
               "--jobs", "2", "--optimizer", "adam", "--seeds", "1", "--epochs", "1",
-              "--no-progress", "--out", str(out)], env=_env(OMP_WAIT_POLICY="PASSIVE"))
+              "--study", "paper", "--no-progress", "--out", str(out)],
+             env=_env(OMP_WAIT_POLICY="PASSIVE"))
     assert r.returncode == 0, r.stderr
     entry = json.loads((out / "results.json").read_text())["prediction"]
     assert set(entry) == {"standard", "modified", "l2"}
     assert torch.get_num_threads() == 1  # conftest: this process makes the data on 1 thread
     parser = cli._parser()
-    setup = cli.plan(parser.parse_args(["reproduce", "prediction", "--optimizer", "adam"]),
-                     parser)[0]
+    setup = cli.plan(parser.parse_args(["reproduce", "prediction", "--optimizer", "adam",
+                                        "--study", "paper"]), parser)[0]
     assert entry["l2"]["data_fingerprint"] == _training.data_fingerprint(*setup.data())
 
 
@@ -116,7 +119,8 @@ def _holder(out: Path) -> subprocess.Popen:
     for a line on its stdin before it runs."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _HOLD, "reproduce", "control", "--optimizer", "sgd", "--seeds",
-         "1", "--epochs", "1", "--jobs", "1", "--no-progress", "--out", str(out)],
+         "1", "--epochs", "1", "--jobs", "1", "--study", "paper", "--no-progress", "--out",
+         str(out)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=_env(OMP_WAIT_POLICY="PASSIVE"))
     assert proc.stdout.readline() == "holding\n", proc.stderr.read()
@@ -164,7 +168,7 @@ def test_every_rank_is_refused_under_torchrun(tmp_path):
         r = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                   "--master_addr", "127.0.0.1", "--master_port", port, "-m", "quflow",
                   "reproduce", "prediction", "--optimizer", "adam", "--seeds", "1", "--epochs",
-                  "1", "--no-progress", "--out", str(out)],
+                  "1", "--study", "paper", "--no-progress", "--out", str(out)],
                  env=_env(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE"))
     assert r.returncode != 0
     assert r.stderr.count("is in use by another quflow reproduce") == 1
@@ -229,8 +233,26 @@ def test_resume_across_versions_or_data_is_refused_unless_allowed(tmp_path, caps
         assert {k: entry[k] for k in now} == now and entry["allow_version_change"] is True
     assert all(s == old for s in _stamp_of(tmp_path)[1:4])
     assert _small(tmp_path, "--resume") == 3
-    assert "control-sgd-standard-seed0.pt was written by another quflow version" in \
+    assert "control-sgd-standard-seed3.pt was written by another quflow version" in \
         capsys.readouterr().err
+
+
+def test_resume_with_other_seeds_is_refused_naming_them(tmp_path, capsys):
+    """The manifest records the held-out seeds run (3, 4, ...: 0-2 select the learning
+    rates), so --resume with another --seeds names both lists."""
+    assert _small(tmp_path) == 0
+    manifest = json.loads((tmp_path / "checkpoints" / "control-sgd.json").read_text())
+    assert manifest["seeds"] == [3] and manifest["methods"] == ["standard", "modified", "l2"]
+    assert manifest["lr"] == {m: control.EXPERIMENT.lr["sgd"] for m in manifest["methods"]}
+    before = _files(tmp_path)
+    capsys.readouterr()
+    assert _reproduce("control", "--optimizer", "sgd", "--seeds", "2", "--epochs", "1",
+                      "--jobs", "1", "--study", "paper", "--out", str(tmp_path),
+                      "--resume") == cli.EXIT_MISMATCH
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--resume refused" in err, err
+    assert "seeds: [3] in the folder, [3, 4] now" in err, err
+    assert _files(tmp_path) == before
 
 
 def test_a_folder_of_an_older_quflow_is_refused_unless_allowed(tmp_path, capsys):
@@ -259,11 +281,20 @@ def test_a_folder_of_an_older_quflow_is_refused_unless_allowed(tmp_path, capsys)
     stamp = _training.stamp(*setup.data())
     _io.write_json(tmp_path / "checkpoints" / "control-sgd.json", {**setup.manifest(), **stamp})
     assert _small(tmp_path, "--resume") == 3
-    assert "control-sgd-standard-seed0.pt was written by an older quflow" in capsys.readouterr().err
+    assert "control-sgd-standard-seed3.pt was written by an older quflow" in capsys.readouterr().err
     assert _small(tmp_path, "--resume", "--allow-version-change") == 0
 
 
 # ---------------------------------------------------------------- ranges, before any work
+
+def _no_data(monkeypatch):
+    """Makes building either trained experiment's data an error."""
+    def build(*a, **k):
+        raise AssertionError("data were made")
+    for experiment in (prediction, control):
+        monkeypatch.setattr(experiment, "EXPERIMENT",
+                            dataclasses.replace(experiment.EXPERIMENT, make_data=build))
+
 
 @pytest.mark.parametrize("args,msg", [
     (["prediction", "--modes", "10000000000"],
@@ -285,11 +316,7 @@ def test_a_folder_of_an_older_quflow_is_refused_unless_allowed(tmp_path, capsys)
 ])
 def test_out_of_range_options_exit_2_before_anything_is_built(args, msg, capsys, tmp_path,
                                                               monkeypatch):
-    def build(*a, **k):
-        raise AssertionError("data were made")
-    for experiment in (prediction, control):
-        monkeypatch.setattr(experiment, "EXPERIMENT",
-                            dataclasses.replace(experiment.EXPERIMENT, make_data=build))
+    _no_data(monkeypatch)
     with pytest.raises(SystemExit) as exc:
         cli.main(["reproduce", *args, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
@@ -303,6 +330,66 @@ def test_a_threads_default_out_of_range_is_refused(monkeypatch, capsys, tmp_path
         cli.main(["reproduce", "control", "--out", str(tmp_path / "out")])
     assert exc.value.code == 2 and "--threads must be an integer from 1 to 256" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("experiment,study", [("control", "tuned"), ("prediction", "tuned"),
+                                              ("control", "variants"), ("all", "paper,tuned")])
+def test_a_tuned_study_without_a_search_exits_2_before_anything_is_written(
+        experiment, study, monkeypatch, capsys, tmp_path):
+    """No search committed with quflow, none in --out, none run by the command: the tuned
+    rates have no source, which is a bad command line, not a failure after the paper study
+    ran."""
+    from quflow.experiments import _search
+
+    monkeypatch.setattr(_search, "COMMITTED", tmp_path / "no" / "lr_search.json")
+    assert _search.committed() == {}
+    _no_data(monkeypatch)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["reproduce", experiment, "--study", study, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == cli.EXIT_USAGE == 2, err
+    assert "error: --study" in err and "search" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_a_search_in_the_same_command_or_in_out_is_a_source_for_tuned(monkeypatch, tmp_path):
+    """``--study search,tuned`` needs no committed search: the tuned rates come from the
+    search the command runs first (plan only: nothing is trained)."""
+    from quflow.experiments import _search
+
+    monkeypatch.setattr(_search, "COMMITTED", tmp_path / "no" / "lr_search.json")
+    parser = cli._parser()
+    args = parser.parse_args(["reproduce", "control", "--study", "tuned,search", "--out",
+                              str(tmp_path / "out")])
+    setups = cli.plan(args, parser)
+    assert [(s.study, s.optimizer) for s in setups] == [
+        ("search", "adam"), ("search", "sgd"), ("tuned", "adam"), ("tuned", "sgd")]
+    assert [s.seeds for s in setups] == [(0, 1, 2)] * 2 + [(3, 4, 5)] * 2  # quick: 3 seeds
+    assert not (tmp_path / "out").exists()
+    # a search in --out at this run's epochs is one too; at other epochs it is not
+    out = tmp_path / "found"
+    out.mkdir()
+    (out / "lr_search.json").write_text(json.dumps({"control-sgd-search": {
+        "epochs": 40, "methods": {m: {"chosen": 0.3} for m in _training.PAPER_METHODS}}}))
+    plan = ["reproduce", "control", "--optimizer", "sgd", "--study", "tuned", "--out", str(out)]
+    assert [s.key for s in cli.plan(parser.parse_args(plan), parser)] == ["control-sgd-tuned"]
+    with pytest.raises(SystemExit) as exc:
+        cli.plan(parser.parse_args([*plan, "--epochs", "39"]), parser)
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("study", ["bogus", "paper,paper", "paper,bogus", "", "paper,"])
+def test_an_unknown_or_repeated_study_exits_2(study, monkeypatch, capsys, tmp_path):
+    _no_data(monkeypatch)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["reproduce", "control", "--study", study, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, err
+    assert ("--study must be a comma-separated list of search, paper, tuned, probes, "
+            f"variants without repeats, got {study!r}") in err, err
+    assert not out.exists()
 
 
 def test_help_states_every_maximum():
@@ -326,11 +413,11 @@ def test_a_diverging_run_ends_in_one_line_and_keeps_the_files(tmp_path, capsys, 
     before = _files(tmp_path)
     capsys.readouterr()
     code = _reproduce("prediction", "--optimizer", "sgd", "--lr", "1e6", "--seeds", "1",
-                      "--epochs", "2", "--jobs", jobs, "--out", str(tmp_path))
+                      "--epochs", "2", "--jobs", jobs, "--study", "paper", "--out", str(tmp_path))
     assert code == cli.EXIT_DIVERGED == 6
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert "the prediction run (sgd lr 1e+06, " in err and "gradient, seed 0) diverged in " \
+    assert "the prediction run (sgd lr 1e+06, " in err and "gradient, seed 3) diverged in " \
         "epoch 1: its loss or network parameters are no longer finite; try a smaller --lr" in err
     after = _files(tmp_path)
     assert {p: after[p] for p in before} == before
@@ -366,7 +453,7 @@ def _load_model(state):
 
 
 @pytest.mark.parametrize("folder,failing", [("", "results.json"), ("", "control.csv"),
-                                            ("checkpoints", "control-l2-seed0.pt"),
+                                            ("checkpoints", "control-l2-seed3.pt"),
                                             ("checkpoints", "control.json")])
 def test_a_full_disk_ends_in_one_line_naming_the_file(tmp_path, capsys, monkeypatch, folder,
                                                       failing):
@@ -388,7 +475,7 @@ def test_a_full_disk_ends_in_one_line_naming_the_file(tmp_path, capsys, monkeypa
     monkeypatch.setattr(_io, "write_atomic", full_disk)
     capsys.readouterr()
     code = _reproduce("control", "--optimizer", "adam", "--seeds", "1", "--epochs", "1",
-                      "--jobs", "1", "--out", str(tmp_path))
+                      "--jobs", "1", "--study", "paper", "--out", str(tmp_path))
     assert code == cli.EXIT_WRITE == 7
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err

@@ -22,7 +22,7 @@ def main() -> None:
     for name in ("quick", "full"):
         path = HERE / f"results-{name}.json"
         if path.exists():
-            table = verdict.render(json.loads(path.read_text()))
+            table = verdict.render_all(json.loads(path.read_text()))
             text = re.sub(rf"(<!-- verdict:{name} -->\n).*?(<!-- /verdict:{name} -->)",
                           lambda m: m.group(1) + table + m.group(2), text, flags=re.S)
     PAGE.write_text(text)

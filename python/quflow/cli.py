@@ -185,7 +185,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
                             "40 epochs; studies paper,tuned, the tuned learning rates "
                             "committed from the last full search")
     speed.add_argument("--full", dest="quick", action="store_false",
-                       help="long runs: 8 held-out seeds, prediction 60 / control 150 "
+                       help="long runs: 8 held-out seeds, prediction 40 / control 150 "
                             "epochs; every study, the learning-rate search included")
     rep.add_argument("--study", type=_study_list, default=None,
                      help="which studies, comma-separated: search (learning rates on "
@@ -376,20 +376,23 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
     if size > 1:
         found = _broadcast(found)
     committed = _search.committed()
-    for s in trained:  # every tuned setup has its rates' source before anything runs
-        if not s.lr and _training.search_key(s) not in searched:
-            _training.resolve(s, found, committed)
+    # every setup whose rates do not wait for a search of this run has them now
+    trained = [s if s.lr or _training.search_key(s) in searched
+               else _training.resolve(s, found, committed) for s in trained]
     if resume:  # refuse before any run writes anything
         for s in trained:
             if s.lr:
                 s.check_resumable(out, allow_version_change=allow_version_change)
+    waiting = [s for s in trained if not s.lr]
     if rank == 0:
         _io.remove_stale_temporaries(out)
         _io.remove_stale_temporaries(out / "checkpoints")
     results_path = out / "results.json"
     results = _load_results(results_path) if rank == 0 else {}
-    shared = jobs > 1 and size == 1
-    with _training.Workers(jobs) if shared else contextlib.nullcontext() as workers:
+    runs = sum(len(s.methods) * len(s.seeds) for s in trained) + \
+        sum(len(s.methods) for s in searches) * 15
+    shared = jobs > 1 and size == 1 and runs > 1  # a search: at least 5 rates × 3 seeds
+    with _training.Workers(min(jobs, runs)) if shared else contextlib.nullcontext() as workers:
         for s in searches:
             if progress and rank == 0:
                 print(f"== {s.key}: learning rates for {', '.join(s.methods)} on selection "
@@ -403,19 +406,22 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
         if size > 1:
             found = _broadcast(found)
         trained = [_training.resolve(s, found, committed) for s in trained]
-        if resume and searches:
+        if resume:
             for s in trained:
-                if s.lr_source == "search":
+                if any(s.key == w.key for w in waiting):
                     s.check_resumable(out, allow_version_change=allow_version_change)
         if rank == 0 and progress:
             for s in trained:
                 if s.lr_source in ("search", "committed"):
+                    entry = (found if s.lr_source == "search" else committed)[
+                        _training.search_key(s)]
                     where = ("this folder's search" if s.lr_source == "search" else
-                             "the search committed with quflow (the last full run's, "
-                             f"{committed[_training.search_key(s)]['epochs']} epochs, "
-                             "selection seeds 0-2)")
-                    print(f"== {s.key}: tuned learning rates from {where}: "
-                          f"{s.describe_lr()}", flush=True)
+                             "the search committed with quflow (the last full run's")
+                    print(f"== {s.key}: tuned learning rates from {where}, "
+                          f"{entry['epochs']} epochs, selection seeds "
+                          f"{', '.join(map(str, entry['seeds']))}"
+                          f"{')' if s.lr_source == 'committed' else ''}: {s.describe_lr()}",
+                          flush=True)
         if rank == 0:
             sweep = found or ({k: v for k, v in committed.items()
                                if any(t.lr_source == "committed" and

@@ -45,7 +45,7 @@ def batch_loss(model, x, y, gradient, reduction="mean"):
 
 EXPERIMENT = _training.Experiment(
     "prediction", make_data, batch_loss, n=N, inputs=2 * N, outputs=2 * N, hidden=HIDDEN,
-    lr={"adam": 0.005, "sgd": 0.5}, batch_size=200, epochs={"quick": 15, "full": 60},
+    lr={"adam": 0.005, "sgd": 0.5}, batch_size=200, epochs={"quick": 15, "full": 40},
     seeds={"quick": 3, "full": 8}, states=(1, 2, 3, 4, 5), real_states=False, target=None,
     probe=200, seconds_per_epoch=0.2,
     variants=(("modes20", {"states": tuple(range(1, 21))}), ("data2024", {"data_seed": 2024})))

@@ -199,9 +199,10 @@ def _setup_cell(key: str, methods: dict, split: str) -> str:
     first = next(iter(methods.values()))
     n = len(first.get("seeds") or first[split]["window"]["per_seed"])
     parts = [first["study"]] if first.get("study") else []
-    parts.append(f"{n} held-out seeds" if "study" in first else f"{n} seeds")
+    parts.append(_n_seeds(n).replace(" seed", " held-out seed") if "study" in first
+                 else _n_seeds(n))
     if "epochs" in first:
-        parts.append(f"{first['epochs']} epochs")
+        parts.append(f"{first['epochs']} epoch{'s' * (first['epochs'] != 1)}")
     return f"{key} ({'; '.join(parts)})"
 
 
