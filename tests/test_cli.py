@@ -170,7 +170,7 @@ def _forkserver_of(pid: int) -> bool:
 
 
 def _interrupt(out: Path, when) -> subprocess.CompletedProcess:
-    """Starts ``quflow reproduce`` (two workers, 8 runs of 50 epochs: longer than the
+    """Starts ``quflow reproduce`` (two workers, 12 runs of 50 epochs: longer than the
     test waits) in its own session, waits until ``when(proc)`` is true, and sends SIGINT to
     the whole session, as Ctrl-C in a terminal does to its foreground process group."""
     proc = subprocess.Popen(
