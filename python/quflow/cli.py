@@ -43,6 +43,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -114,7 +115,25 @@ def _state_list(text):
     return states
 
 
+def _import_torch() -> None:
+    """Imports torch with SIGINT blocked, then delivers a Ctrl-C that came meanwhile.
+
+    A ``KeyboardInterrupt`` raised inside torch's C++ start-up (``from torch._C import
+    *``) is swallowed there and leaves numpy half imported: the command then ran on and
+    failed later, or aborted. Blocked, the signal waits until the import is done and then
+    ends the command as any Ctrl-C does (exit 130)."""
+    if "torch" in sys.modules or not hasattr(signal, "pthread_sigmask"):
+        import torch  # noqa: F401
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        import torch  # noqa: F401
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _optimizer_list(text):
+    _import_torch()
     from .experiments._training import OPTIMIZERS
 
     names = tuple(t.strip() for t in text.split(","))
@@ -526,6 +545,7 @@ def out_lock(out: Path):
 
 
 def _reproduce_main(args, parser) -> int:
+    _import_torch()
     import torch
 
     from .experiments import _training
