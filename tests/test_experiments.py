@@ -460,6 +460,10 @@ def test_selection_and_held_out_seeds_are_disjoint():
                                                    "variant"}
 
 
+def test_the_command_lists_the_studies_the_harness_runs():
+    assert cli.STUDIES == _training.STUDIES  # cli's copy: --help never imports torch
+
+
 def test_search_grid_extends_beyond_an_edge_holding_the_best():
     from quflow.experiments import _search
 

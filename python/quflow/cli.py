@@ -132,30 +132,28 @@ def _import_torch() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _name_list(option: str, text: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """``text`` split at commas: names from ``allowed``, none repeated."""
+    names = tuple(t.strip() for t in text.split(","))
+    if any(n not in allowed for n in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"{option} must be a comma-separated list of {', '.join(allowed)} without "
+            f"repeats, got {text!r}")
+    return names
+
+
 def _optimizer_list(text):
     _import_torch()
     from .experiments._training import OPTIMIZERS
 
-    names = tuple(t.strip() for t in text.split(","))
-    bad = [n for n in names if n not in OPTIMIZERS]
-    if bad or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(
-            f"--optimizer must be a comma-separated list of {', '.join(OPTIMIZERS)} without "
-            f"repeats, got {text!r}")
-    return names
+    return _name_list("--optimizer", text, OPTIMIZERS)
 
 
 STUDIES = ("search", "paper", "tuned", "probes", "variants")  # = _training.STUDIES
 
 
 def _study_list(text):
-    names = tuple(t.strip() for t in text.split(","))
-    bad = [n for n in names if n not in STUDIES]
-    if bad or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(
-            f"--study must be a comma-separated list of {', '.join(STUDIES)} without "
-            f"repeats, got {text!r}")
-    return names
+    return _name_list("--study", text, STUDIES)
 
 
 _EXIT_CODES = ("exit codes: 0 done, 1 error, 2 bad command line, 3 --resume refused (another "
