@@ -278,3 +278,11 @@ def test_toy_fastest_is_a_step_size_when_l2_at_twice_the_step_takes_the_same_ste
     assert _row(verdict.render(_toy(*paper)), escape)[-1] == "**yes**"
     assert _row(verdict.render(_toy([41, 41, 41], *paper[1:])), escape)[-1] == "no"
     assert _row(verdict.render(_toy([41, 67, None], *paper[1:])), escape)[-1] == "no"
+
+
+def test_the_table_says_whether_a_claim_holds_across_its_setups():
+    line = verdict._across_line({"control": [verdict.YES, verdict.NO, verdict.NO],
+                                 "prediction": [verdict.NOT_SHOWN]})
+    assert line == ("Across setups: control 1 yes, 2 no (of 3 setups); prediction 1 not shown "
+                    "(of 1 setups).\n\n")
+    assert verdict._across_line({}) == ""

@@ -316,6 +316,7 @@ def render(results: dict, split: str = "val") -> str:
         lines += _toy_rows(results["toy"])
     n = primaries = 0
     seeds = set()
+    across: dict[str, list[str]] = {}  # experiment -> the rows' verdicts
     for experiment, claim, key, methods in _claimed(results, split):
         a, b = claim.primary
         primary = _ratio(methods, a, b, split)
@@ -326,13 +327,27 @@ def render(results: dict, split: str = "val") -> str:
         seeds |= {len(r["per_seed"]) for r in made}
         shown = [m for m in ("standard", "modified", "l2")
                  if m in (a, b) + sum(claim.secondary, ())]
+        row = claim_verdict(judge(primary), [judge(r) for r in secondary])
+        across.setdefault(experiment, []).append(row)
         lines.append(_line([
             f"{experiment}: {claim.text}", _setup_cell(key, methods, split),
             _optimiser_cell(methods, shown), _ratio_cell(primary, a, b),
             "; ".join(_ratio_cell(r, x, y) for r, (x, y) in zip(secondary, claim.secondary)),
-            *(_reach_cell(d, a, b) for d in reach),
-            claim_verdict(judge(primary), [judge(r) for r in secondary])]))
-    return "\n".join(lines) + "\n\n" + _count_line(n, primaries, seeds)
+            *(_reach_cell(d, a, b) for d in reach), row]))
+    return ("\n".join(lines) + "\n\n" + _across_line(across)
+            + _count_line(n, primaries, seeds))
+
+
+def _across_line(across: dict[str, list[str]]) -> str:
+    """Whether a claim holds across its setups: the count of each verdict per claim."""
+    if not across:
+        return ""
+    order = (YES, PARTLY, NOT_SHOWN, NO, MISSING)
+    parts = []
+    for experiment, rows in across.items():
+        counts = ", ".join(f"{rows.count(v)} {v.strip('*')}" for v in order if rows.count(v))
+        parts.append(f"{experiment} {counts} (of {len(rows)} setups)")
+    return "Across setups: " + "; ".join(parts) + ".\n\n"
 
 
 def render_secondary(results: dict, split: str = "val") -> str:
