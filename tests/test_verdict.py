@@ -284,5 +284,5 @@ def test_the_table_says_whether_a_claim_holds_across_its_setups():
     line = verdict._across_line({"control": [verdict.YES, verdict.NO, verdict.NO],
                                  "prediction": [verdict.NOT_SHOWN]})
     assert line == ("Across setups: control 1 yes, 2 no (of 3 setups); prediction 1 not shown "
-                    "(of 1 setups).\n\n")
+                    "(of 1 setup).\n\n")
     assert verdict._across_line({}) == ""

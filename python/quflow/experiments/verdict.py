@@ -346,7 +346,7 @@ def _across_line(across: dict[str, list[str]]) -> str:
     parts = []
     for experiment, rows in across.items():
         counts = ", ".join(f"{rows.count(v)} {v.strip('*')}" for v in order if rows.count(v))
-        parts.append(f"{experiment} {counts} (of {len(rows)} setups)")
+        parts.append(f"{experiment} {counts} (of {len(rows)} setup{'s' * (len(rows) != 1)})")
     return "Across setups: " + "; ".join(parts) + ".\n\n"
 
 
