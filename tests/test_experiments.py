@@ -460,6 +460,23 @@ def test_selection_and_held_out_seeds_are_disjoint():
                                                    "variant"}
 
 
+def test_the_committed_search_covers_every_default_setup():
+    """The quick run's tuned rates: installed with quflow, from a search on the selection
+    seeds at the full run's epochs, for every experiment, optimiser and method."""
+    from quflow.experiments import _search
+
+    committed = _search.committed()
+    for e in _EXPERIMENTS.values():
+        for opt in _training.OPTIMIZERS:
+            entry = committed[f"{e.name}-search" if opt == "adam" else f"{e.name}-{opt}-search"]
+            assert entry["seeds"] == list(_training.SELECTION_SEEDS)
+            assert entry["epochs"] == e.epochs["full"] and entry["optimizer"] == opt
+            rates = _search.chosen(entry, _training.METHODS)
+            for m, lr in rates.items():
+                s = entry["methods"][m]
+                assert lr in s["lrs"] and len(s["lrs"]) >= len(_search.GRID_STEPS)
+
+
 def test_the_command_lists_the_studies_the_harness_runs():
     assert cli.STUDIES == _training.STUDIES  # cli's copy: --help never imports torch
 
