@@ -163,7 +163,7 @@ def curves(curves: dict, path: Path, *, title: str, thresholds=(1e-2, 1e-3)) -> 
 def _size_title(optimizer: str | None) -> str:
     text = "size: ≈ 1/√(1 − L)"
     if optimizer is not None and optimizer.lower().startswith("adam"):
-        text += "\n(a constant factor Adam's step normalisation removes)"
+        text += "\n(Adam divides out a scale common to all parameters)"
     return text
 
 
