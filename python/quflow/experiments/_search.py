@@ -6,7 +6,7 @@ larger steps at the same rate. So ``quflow reproduce --full`` first searches, fo
 (experiment, optimiser, method), the rate that trains best, and then compares the
 methods, each at its own rate, on *held-out* seeds that the search never saw.
 
-Declared before any numbers:
+Declared before the runs it chooses for:
 
 * **Grid**: the paper's rate (quflow's default for SGD) times ``10^(k/2)``,
   ``k = −2 … 2`` (two decades in half-decade steps), rounded to 3 significant digits.

@@ -4,7 +4,7 @@
 are this module's output for the committed results in ``docs/reproduction/`` (a test
 keeps them equal), so the documentation cannot drift from the code.
 
-What is claimed and how it is judged, fixed here before any number is looked at:
+What is claimed and how it is judged, fixed here before the runs it judges:
 
 * **The claims** (:data:`CLAIMS`). Each trained experiment has one claim with ONE primary
   comparison, the ratio of two methods' losses over the last quarter of the epochs
