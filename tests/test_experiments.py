@@ -479,6 +479,7 @@ def test_the_committed_search_covers_every_default_setup():
 
 def test_the_command_lists_the_studies_the_harness_runs():
     assert cli.STUDIES == _training.STUDIES  # cli's copy: --help never imports torch
+    assert verdict.FAMILY == tuple(_training.FAMILY)  # verdict's copy: torch-free too
 
 
 def test_search_grid_extends_beyond_an_edge_holding_the_best():

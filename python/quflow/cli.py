@@ -316,15 +316,11 @@ def _check_tuned(setups: list, out: Path, parser) -> None:
     pending = [s for s in trained if not s.lr and _training.search_key(s) not in searched]
     if not pending:
         return
-    path = out / "lr_search.json"
-    try:
-        found = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        found = {}
+    found = _read_dict(out / "lr_search.json") or {}
     committed = _search.committed()
     for s in pending:
         try:
-            _training.resolve(s, found if isinstance(found, dict) else {}, committed)
+            _training.resolve(s, found, committed)
         except LookupError as exc:
             parser.error(f"--study tuned/variants: {exc}")
 
@@ -339,17 +335,23 @@ def _writable_dir(path: Path, parser) -> Path:
     return path
 
 
-def _load_results(path: Path) -> dict:
+def _read_dict(path: Path) -> dict | None:
+    """The JSON object in ``path``: ``{}`` if there is no file, ``None`` if unreadable."""
     if not path.exists():
         return {}
     try:
-        results = json.loads(path.read_text())
-        if isinstance(results, dict):
-            return results
+        obj = json.loads(path.read_text())
     except (OSError, ValueError):
-        pass
-    print(f"quflow: warning: {path} is unreadable; writing a new one", file=sys.stderr)
-    return {}
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _load_results(path: Path) -> dict:
+    results = _read_dict(path)
+    if results is None:
+        print(f"quflow: warning: {path} is unreadable; writing a new one", file=sys.stderr)
+        return {}
+    return results
 
 
 def default_jobs(threads: int) -> int:
@@ -359,10 +361,6 @@ def default_jobs(threads: int) -> int:
     except AttributeError:  # not on every platform
         cores = os.cpu_count() or 1
     return max(1, cores // threads)
-
-
-def _load_json(path: Path) -> dict:
-    return _load_results(path)
 
 
 def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
@@ -389,26 +387,26 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
     trained = [s for s in setups if s != "toy" and s.study != "search"]
     searched = {s.key for s in searches}
     search_path = out / "lr_search.json"
-    found = _load_json(search_path) if rank == 0 else {}
+    found = _load_results(search_path) if rank == 0 else {}
     if size > 1:
         found = _broadcast(found)
     committed = _search.committed()
     # every setup whose rates do not wait for a search of this run has them now
     trained = [s if s.lr or _training.search_key(s) in searched
                else _training.resolve(s, found, committed) for s in trained]
+    waiting = {s.key for s in trained if not s.lr}  # their rates come from this run's search
     if resume:  # refuse before any run writes anything
         for s in trained:
-            if s.lr:
+            if s.key not in waiting:
                 s.check_resumable(out, allow_version_change=allow_version_change)
-    waiting = [s for s in trained if not s.lr]
     if rank == 0:
         _io.remove_stale_temporaries(out)
         _io.remove_stale_temporaries(out / "checkpoints")
     results_path = out / "results.json"
     results = _load_results(results_path) if rank == 0 else {}
-    runs = sum(len(s.methods) * len(s.seeds) for s in trained) + \
-        sum(len(s.methods) for s in searches) * 15
-    shared = jobs > 1 and size == 1 and runs > 1  # a search: at least 5 rates × 3 seeds
+    runs = sum(len(s.methods) * len(s.seeds) for s in trained) + sum(
+        len(s.methods) * len(_search.GRID_STEPS) * len(s.seeds) for s in searches)
+    shared = jobs > 1 and size == 1 and runs > 1
     with _training.Workers(min(jobs, runs)) if shared else contextlib.nullcontext() as workers:
         for s in searches:
             if progress and rank == 0:
@@ -425,24 +423,21 @@ def reproduce(setups: list, out: Path, *, quick: bool, resume: bool = False,
         trained = [_training.resolve(s, found, committed) for s in trained]
         if resume:
             for s in trained:
-                if any(s.key == w.key for w in waiting):
+                if s.key in waiting:
                     s.check_resumable(out, allow_version_change=allow_version_change)
+        tuned = [s for s in trained if s.lr_source in ("search", "committed")]
         if rank == 0 and progress:
-            for s in trained:
-                if s.lr_source in ("search", "committed"):
-                    entry = (found if s.lr_source == "search" else committed)[
-                        _training.search_key(s)]
-                    where = ("this folder's search" if s.lr_source == "search" else
-                             "the search committed with quflow (the last full run's")
-                    print(f"== {s.key}: tuned learning rates from {where}, "
-                          f"{entry['epochs']} epochs, selection seeds "
-                          f"{', '.join(map(str, entry['seeds']))}"
-                          f"{')' if s.lr_source == 'committed' else ''}: {s.describe_lr()}",
-                          flush=True)
+            for s in tuned:
+                entry = (found if s.lr_source == "search" else committed)[
+                    _training.search_key(s)]
+                where = ("this folder's search" if s.lr_source == "search" else
+                         "the search committed with quflow (the last full run's)")
+                print(f"== {s.key}: tuned learning rates from {where}, {entry['epochs']} "
+                      f"epochs, selection seeds {', '.join(map(str, entry['seeds']))}: "
+                      f"{s.describe_lr()}", flush=True)
         if rank == 0:
-            sweep = found or ({k: v for k, v in committed.items()
-                               if any(t.lr_source == "committed" and
-                                      _training.search_key(t) == k for t in trained)})
+            sweep = found or {_training.search_key(s): committed[_training.search_key(s)]
+                              for s in tuned if s.lr_source == "committed"}
             if sweep:
                 _plots.lr_sweep(sweep, out / "lr-sweep.png")
         results = _train_setups(setups, trained, out, results, quick=quick, resume=resume,

@@ -83,21 +83,21 @@ def run(setup: "_training.Setup", out: Path, *, resume: bool, workers=None,
     paper = e.lr[_training.PROBES.get(setup.optimizer, setup.optimizer)]
     train_set, val_set = setup.data()
     now = _training.stamp(train_set, val_set)
-    stride = max(1, len(train_set[0]) // e.probe)
-    probe = tuple(t[::stride][:e.probe] for t in train_set)
+    probe = setup.probe_batch(train_set)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    def report(job, v):
+        if progress:
+            m, _, cfg = job
+            shown = "diverged" if v is None else f"val {v:.3g} (last quarter)"
+            print(f"   search {setup.key}: {m} lr {cfg.lr:g} seed {cfg.seed}: {shown}",
+                  flush=True)
+
     points: dict[str, dict[int, list]] = {m: {} for m in setup.methods}
     pending = [(m, k) for m in setup.methods for k in GRID_STEPS]
     while pending:
         jobs = [(m, k, setup.config(m, s, lr=rate(paper, k))) for m, k in pending
                 for s in setup.seeds]
-        def report(job, v):
-            if progress:
-                m, _, cfg = job
-                shown = "diverged" if v is None else f"val {v:.3g} (last quarter)"
-                print(f"   search {setup.key}: {m} lr {cfg.lr:g} seed {cfg.seed}: {shown}",
-                      flush=True)
-
         values = _train_all(setup, jobs, out, resume, train_set, val_set, probe, now,
                             workers, allow_version_change, report)
         for (m, k, _), v in zip(jobs, values):

@@ -36,6 +36,7 @@ from torch import nn
 from ..fidelity import (GRADIENTS, bures_loss, fidelity_loss, fubini_study_loss,
                         log_fidelity_loss)
 from . import _io, _plots, _stats
+from .verdict import NAMES
 
 OPTIMIZERS = ("adam", "sgd")
 # Probes of the explanation of the Adam result (``--study probes``): each optimiser's
@@ -357,10 +358,6 @@ def train(cfg: RunConfig, make_model: Callable[[], nn.Module],
     return curves
 
 
-SHORT = {"standard": "std", "modified": "mod", "l2": "L2", "bures": "Bures",
-         "log_fidelity": "log F", "fubini_study": "FS"}
-
-
 def _seed_range(seeds: tuple) -> str:
     """``seeds 3–10`` for a contiguous range, else the list."""
     seeds = list(seeds)
@@ -474,7 +471,7 @@ class Setup:
         values = {self.lr[m] for m in self.methods}
         if len(values) == 1:
             return f"lr {values.pop():g}"
-        return "lr " + ", ".join(f"{SHORT.get(m, m)} {self.lr[m]:g}" for m in self.methods)
+        return "lr " + ", ".join(f"{NAMES.get(m, m)} {self.lr[m]:g}" for m in self.methods)
 
     def extra(self) -> tuple:
         e = self.experiment
@@ -507,6 +504,13 @@ class Setup:
         kwargs = {} if self.data_seed is None else {"seed": self.data_seed}
         return self.experiment.make_data(states=self.states, real=self.real_states,
                                           target=self.target, **kwargs)
+
+    def probe_batch(self, train_set: tuple) -> tuple:
+        """The gradient diagnostic's probe batch: ``experiment.probe`` training samples,
+        evenly spaced over the training set."""
+        n = self.experiment.probe
+        stride = max(1, len(train_set[0]) // n)
+        return tuple(t[::stride][:n] for t in train_set)
 
     def check_resumable(self, out: Path, *, allow_version_change: bool = False) -> None:
         """With ``--resume``: the folder's manifest and every checkpoint of this setup
@@ -563,8 +567,7 @@ class Setup:
                              f"over {size} processes")
         train_set, val_set = self.data()
         now = stamp(train_set, val_set)
-        stride = max(1, len(train_set[0]) // e.probe)  # spread over the training set
-        probe = tuple(t[::stride][:e.probe] for t in train_set)
+        probe = self.probe_batch(train_set)
         if rank == 0:
             (out / "checkpoints").mkdir(parents=True, exist_ok=True)
             _io.remove_stale_temporaries(out / "checkpoints")

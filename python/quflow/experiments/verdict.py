@@ -165,8 +165,16 @@ def _g(x) -> str:
     return f"{x:g}" if isinstance(x, (int, float)) else "?"
 
 
+def _plural(k: int, word: str) -> str:
+    return f"{k} {word}{'s' * (k != 1)}"
+
+
 def _n_seeds(k: int) -> str:
-    return f"{k} seed{'s' * (k != 1)}"
+    return _plural(k, "seed")
+
+
+def _ci(r: dict) -> str:
+    return f"[{r['ci95'][0]:.3g}, {r['ci95'][1]:.3g}]" if r["ci95"] else "[1 seed]"
 
 
 def _p(r: dict) -> str:
@@ -178,8 +186,7 @@ def _ratio_cell(r: dict | None, a: str = "", b: str = "") -> str:
     name = f"{NAMES.get(a, a)}/{NAMES.get(b, b)} " if a else ""
     if r is None:
         return name + MISSING
-    ci = f"[{r['ci95'][0]:.3g}, {r['ci95'][1]:.3g}]" if r["ci95"] else "[1 seed]"
-    return f"{name}{r['mean']:.3g} {ci}{_p(r)}: {judge(r)}"
+    return f"{name}{r['mean']:.3g} {_ci(r)}{_p(r)}: {judge(r)}"
 
 
 def _reach_cell(d: dict | None, a: str, b: str) -> str:
@@ -187,8 +194,7 @@ def _reach_cell(d: dict | None, a: str, b: str) -> str:
         return MISSING
     if d["never"]:
         return "neither reaches it"
-    ci = f"[{d['ci95'][0]:.3g}, {d['ci95'][1]:.3g}]" if d["ci95"] else "[1 seed]"
-    cell = f"{NAMES.get(a, a)} − {NAMES.get(b, b)} {d['mean']:.3g} {ci}{_p(d)}"
+    cell = f"{NAMES.get(a, a)} − {NAMES.get(b, b)} {d['mean']:.3g} {_ci(d)}{_p(d)}"
     if d["censored"]:
         cell += (f" (never reached in {_n_seeds(d['censored'])}: counted as epoch "
                  f"{d['censor_at']}, a bound)")
@@ -202,7 +208,7 @@ def _setup_cell(key: str, methods: dict, split: str) -> str:
     parts.append(_n_seeds(n).replace(" seed", " held-out seed") if "study" in first
                  else _n_seeds(n))
     if "epochs" in first:
-        parts.append(f"{first['epochs']} epoch{'s' * (first['epochs'] != 1)}")
+        parts.append(_plural(first["epochs"], "epoch"))
     return f"{key} ({'; '.join(parts)})"
 
 
@@ -346,7 +352,7 @@ def _across_line(across: dict[str, list[str]]) -> str:
     parts = []
     for experiment, rows in across.items():
         counts = ", ".join(f"{rows.count(v)} {v.strip('*')}" for v in order if rows.count(v))
-        parts.append(f"{experiment} {counts} (of {len(rows)} setup{'s' * (len(rows) != 1)})")
+        parts.append(f"{experiment} {counts} (of {_plural(len(rows), 'setup')})")
     return "Across setups: " + "; ".join(parts) + ".\n\n"
 
 
