@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from pathlib import Path
 
 from . import _io
@@ -58,6 +59,12 @@ def pyplot():
 def _save(fig, path: Path) -> None:
     _io.save_figure(fig, path)
     pyplot().close(fig)
+
+
+def _wrap(title: str) -> str:
+    """A setup's title in lines that fit an 11-inch figure at font size 9 (a tuned setup
+    lists every method's learning rate)."""
+    return textwrap.fill(title, 120)
 
 
 def _finite(values) -> list[float]:
@@ -138,7 +145,7 @@ def _curves_figure(curves: dict, *, title: str, thresholds=(1e-2, 1e-3)):
     note = "thin: each seed; solid: median over seeds; band: min–max over seeds"
     if thresholds:
         note += "; dotted: " + ", ".join(f"{t:g}" for t in thresholds) + " (epochs-to-threshold)"
-    fig.suptitle(title + "\n" + note, fontsize=9)
+    fig.suptitle(_wrap(title) + "\n" + note, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -192,7 +199,7 @@ def _gradients_figure(curves: dict, *, title: str, optimizer: str | None = None)
         ax.grid(alpha=0.3)
     if curves:
         ax_c.legend(fontsize=8)
-    fig.suptitle(title + "\nnetwork-parameter gradients on a fixed probe batch, each run",
+    fig.suptitle(_wrap(title) + "\nnetwork-parameter gradients on a fixed probe batch, each run",
                  fontsize=9)
     fig.tight_layout()
     return fig
@@ -231,8 +238,6 @@ def _log_ticks(ax, axis: str, lo: float, hi: float) -> None:
 
 def _lr_sweep_figure(search: dict):
     """The Figure of :func:`lr_sweep` (not saved, not closed)."""
-    import textwrap
-
     plt = pyplot()
     from matplotlib.lines import Line2D
 
